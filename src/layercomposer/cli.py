@@ -1,0 +1,237 @@
+"""The `layercomposer` command line: generate, tokens, flatten, models.
+
+Bad input prints one line on stderr and exits with code 2; no traceback and no partial output file.
+Heavy imports (torch, diffusers) happen only in the commands that run a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import LayerComposerError
+
+EXIT_BAD_INPUT = 2
+_IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def default_model() -> str:
+    """The shipped demo model when installed, else the tiny random one."""
+    from .models.registry import shipped_models
+
+    return "demo" if "demo" in shipped_models() else "tiny-random"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="layercomposer",
+        description="Render a layered canvas (RGBA layers placed, scaled, rotated and locked) into one picture.",
+    )
+    parser.add_argument("--version", action="version", version=f"layercomposer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = sub.add_parser("generate", help="render a canvas into a picture",
+                         description="Render a canvas (.json or .lcz) into a picture with a model.")
+    gen.add_argument("canvas", metavar="CANVAS", help="canvas .json file or .lcz bundle")
+    gen.add_argument("-o", "--output", default="out.png", help="output image (.png, .jpg, .webp); default out.png")
+    gen.add_argument("--prompt", help="prompt (default: the canvas's own)")
+    gen.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    gen.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's, 28)")
+    gen.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    gen.add_argument("--model", default=None,
+                     help="model name (demo, demo-collage, tiny-random) or directory (default: demo)")
+    gen.add_argument("--mode", choices=("layered", "unpruned", "collage"), default="layered",
+                     help="conditioning: layered (pruned, default), unpruned, or collage (flattened)")
+    gen.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    gen.set_defaults(func=cmd_generate)
+
+    tok = sub.add_parser("tokens", help="conditioning token statistics of a canvas (no model)",
+                         description="Count the conditioning tokens a canvas gives, per layer and per mode.")
+    tok.add_argument("canvas", metavar="CANVAS")
+    tok.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    tok.set_defaults(func=cmd_tokens)
+
+    flat = sub.add_parser("flatten", help="flatten a canvas into its rough collage",
+                          description="Alpha-composite the visible layers back to front into one image.")
+    flat.add_argument("canvas", metavar="CANVAS")
+    flat.add_argument("-o", "--output", required=True, help="output image (.png keeps transparency)")
+    flat.set_defaults(func=cmd_flatten)
+
+    models = sub.add_parser("models", help="list the named models")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LayerComposerError as exc:
+        print(f"layercomposer: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("layercomposer: interrupted", file=sys.stderr)
+        return 130
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Commands
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .canvas import load_canvas
+
+    output = _check_output(args.output)
+    canvas = load_canvas(args.canvas)  # bad input fails before the (slow) model load
+    if args.steps is not None and not 1 <= args.steps <= 1000:
+        raise LayerComposerError(f"--steps: must be between 1 and 1000, got {args.steps}")
+
+    t0 = time.perf_counter()
+    pipe = _load_pipeline(args.model or default_model(), args.device)
+    load_s = time.perf_counter() - t0
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=args.steps or pipe.default_steps, desc="sampling", unit="step", file=sys.stderr,
+               dynamic_ncols=True, leave=False)
+    try:
+        result = pipe.generate(canvas, prompt=args.prompt, num_inference_steps=args.steps,
+                               guidance_scale=args.guidance, seed=args.seed, mode=args.mode,
+                               callback=lambda event: bar.update(1))
+    finally:
+        bar.close()
+    settings = {**result.settings(), "model": args.model or default_model(), "canvas": str(args.canvas)}
+    _save_image(result.image, output, metadata=settings)
+    plan = result.plan
+    print(
+        f"wrote {output} ({result.image.width}x{result.image.height}, {plan.total} condition tokens "
+        f"[{plan.mode}] + {plan.noisy} noisy; load {load_s:.1f}s, condition {result.seconds['condition']:.1f}s, "
+        f"sample {result.seconds['sample']:.1f}s, decode {result.seconds['decode']:.1f}s)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    from .canvas import load_canvas
+    from .conditioning import token_stats
+
+    canvas = load_canvas(args.canvas)
+    stats = token_stats(canvas)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    rows, cols = stats["grid"]
+    w, h = canvas.generation_size
+    print(f"canvas {canvas.width}x{canvas.height}, generated at {w}x{h}: grid {rows}x{cols} = {rows * cols} "
+          f"noisy tokens")
+    name_w = max([5, *(len(layer["name"]) for layer in stats["layers"])])
+    print(f"{'layer':<{name_w}}  {'locked':>6}  {'index':>5}  {'tokens':>6}  {'coverage':>8}")
+    for layer in stats["layers"]:
+        print(f"{layer['name']:<{name_w}}  {'yes' if layer['locked'] else 'no':>6}  {layer['index']:>5}  "
+              f"{layer['tokens']:>6}  {100 * layer['coverage']:>7.1f}%")
+    if stats["hidden"]:
+        print(f"hidden (no tokens): {', '.join(stats['hidden'])}")
+    print(f"condition tokens: layered {stats['total']}, unpruned {stats['unpruned_total']}, "
+          f"collage {stats['collage_total']}")
+    return 0
+
+
+def cmd_flatten(args: argparse.Namespace) -> int:
+    from .canvas import load_canvas
+
+    output = _check_output(args.output)
+    canvas = load_canvas(args.canvas)
+    _save_image(canvas.flatten(), output, metadata={"canvas": str(args.canvas)})
+    print(f"wrote {output} ({canvas.width}x{canvas.height}, {len(canvas.visible_layers())} visible layers)",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models.registry import REGISTRY, shipped_models
+
+    default = default_model()
+    for name, path in shipped_models().items():
+        print(f"{name:<14} shipped   {path}{'  (default)' if name == default else ''}")
+    for name, config in REGISTRY.items():
+        print(f"{name:<14} random    {config.description}{'  (default)' if name == default else ''}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _load_pipeline(model: str, device: str | None) -> Any:
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from .pipeline import LayerComposerPipeline
+
+    # Loading progress bars of the libraries are noise next to our own.
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError:
+        raise LayerComposerError(f"--device: unknown device {device!r}") from None
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise LayerComposerError("--device: CUDA is not available on this machine")
+    pipe = LayerComposerPipeline.from_pretrained(model)
+    if torch_device.type != "cpu":
+        pipe.to(torch_device, torch.bfloat16)
+    return pipe
+
+
+def _check_output(path_str: str) -> Path:
+    path = Path(path_str)
+    if path.suffix.lower() not in _IMAGE_FORMATS:
+        raise LayerComposerError(
+            f"--output {path_str}: unknown image extension (use {', '.join(sorted(_IMAGE_FORMATS))})"
+        )
+    if path.is_dir():
+        raise LayerComposerError(f"--output {path_str}: is a directory")
+    if path.parent != Path() and not path.parent.is_dir():
+        raise LayerComposerError(f"--output {path_str}: folder {path.parent} does not exist")
+    return path
+
+
+def _save_image(image: Any, path: Path, metadata: dict[str, Any]) -> None:
+    """Encode fully in memory, then write atomically: a failure leaves no partial file."""
+    from PIL import PngImagePlugin
+
+    from .canvas import write_atomic
+
+    fmt = _IMAGE_FORMATS[path.suffix.lower()]
+    buf = io.BytesIO()
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("layercomposer", json.dumps(metadata))
+        image.save(buf, format="PNG", pnginfo=info)
+    else:
+        if image.mode == "RGBA":  # no alpha in JPEG; composite over white like an image editor's export
+            from PIL import Image
+
+            base = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(base, image)
+        image.convert("RGB").save(buf, format=fmt, quality=95)
+    try:
+        write_atomic(path, buf.getvalue())
+    except OSError as exc:
+        raise LayerComposerError(f"--output {path}: cannot write ({exc.strerror or exc})") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

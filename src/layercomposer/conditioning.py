@@ -1,0 +1,270 @@
+"""Canvas -> conditioning tokens (DESIGN.md section 3): layer latents, transparent pruning, ids with locking.
+
+Every mode goes through one path: `plan()` decides, per token group, which grid cells are kept and which
+first-axis id the group gets; `build()` encodes each group's picture with the VAE (cached by content and
+transform) and gathers the kept tokens. Only the planning half runs for `layercomposer tokens` (no torch).
+
+Fill colour: pixels are composited over mid grey (0.5, 0.5, 0.5) by their alpha before encoding, i.e. the
+VAE input is ``(2 * rgb - 1) * alpha``; fully transparent pixels are exactly 0 in the VAE's [-1, 1] range.
+Training and inference share this function, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from .canvas import TOKEN_PX, Canvas, Layer
+from .errors import LayerComposerError
+
+if TYPE_CHECKING:
+    import torch
+
+Mode = Literal["layered", "unpruned", "collage"]
+MODES: tuple[Mode, ...] = ("layered", "unpruned", "collage")
+ALPHA_THRESHOLD = 0.5
+"""A token is kept iff the alpha sampled for its grid cell is > 0.5 (strictly)."""
+
+FILL_VALUE = 0.5
+"""Fill colour (grey, per channel in [0, 1]) behind transparent pixels; 0 in the VAE's [-1, 1] input."""
+
+TokenEncoder = Callable[["torch.Tensor"], "torch.Tensor"]
+"""(1, 3, H, W) image in [-1, 1] -> (1, rows*cols, D) packed latent tokens, row-major over the grid."""
+
+
+def nearest_grid(alpha: np.ndarray) -> np.ndarray:
+    """Nearest-resize an (H, W) map to the (H/16, W/16) token grid, sampling each cell's centre pixel.
+
+    The centre of cell (r, c) is pixel (16r + 8, 16c + 8) (half-pixel-aligned nearest neighbour, as
+    Pillow's NEAREST and PyTorch's ``nearest-exact`` do). H and W must be multiples of 16.
+    """
+    h, w = alpha.shape
+    if h % TOKEN_PX or w % TOKEN_PX:
+        raise ValueError(f"alpha map {w}x{h} is not a multiple of {TOKEN_PX}")
+    half = TOKEN_PX // 2
+    return alpha[half::TOKEN_PX, half::TOKEN_PX]
+
+
+def keep_mask(alpha: np.ndarray) -> np.ndarray:
+    """Transparent latent pruning: True where the grid-resized alpha is > 0.5."""
+    return nearest_grid(alpha) > ALPHA_THRESHOLD
+
+
+def composite_on_fill(rgba: Image.Image) -> np.ndarray:
+    """(H, W, 4) uint8 straight RGBA -> (3, H, W) float32 VAE input in [-1, 1], transparent pixels at 0."""
+    arr = np.asarray(rgba, dtype=np.float32) / 255.0
+    rgb, alpha = arr[..., :3], arr[..., 3:4]
+    # (rgb * a + FILL * (1 - a)) * 2 - 1 with FILL = 0.5 simplifies to (2 rgb - 1) * a.
+    out = (rgb * alpha + FILL_VALUE * (1.0 - alpha)) * 2.0 - 1.0
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Planning (no torch)
+
+
+@dataclass
+class TokenGroup:
+    """One source of condition tokens: a layer (layered / unpruned) or the flattened canvas (collage)."""
+
+    name: str
+    locked: bool
+    index: int
+    """First id axis: 0 for locked layers, j = 1..k for the visible unlocked layers back to front."""
+    keep: np.ndarray
+    """(rows, cols) bool: which grid cells enter the sequence."""
+    coverage: float
+    """Share of the grid whose sampled alpha is > 0.5 (independent of the mode)."""
+    key: tuple[Any, ...] = field(repr=False)
+    """Cache key: content and transform of what is encoded."""
+    kind: str = "subject"
+
+    @property
+    def tokens(self) -> int:
+        return int(self.keep.sum())
+
+
+@dataclass
+class TokenPlan:
+    """Which tokens a canvas contributes in one mode, and the statistics of all three modes."""
+
+    mode: Mode
+    grid: tuple[int, int]
+    groups: list[TokenGroup]
+    unpruned_total: int
+    collage_total: int
+    hidden: list[str]
+
+    @property
+    def noisy(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def total(self) -> int:
+        """Kept condition tokens in this plan's mode."""
+        return sum(g.tokens for g in self.groups)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON statistics (the shape of `layercomposer tokens --json`)."""
+        return {
+            "mode": self.mode,
+            "grid": list(self.grid),
+            "noisy": self.noisy,
+            "layers": [
+                {"name": g.name, "kind": g.kind, "locked": g.locked, "index": g.index, "tokens": g.tokens,
+                 "coverage": round(g.coverage, 6)}
+                for g in self.groups
+            ],
+            "hidden": list(self.hidden),
+            "total": self.total,
+            "unpruned_total": self.unpruned_total,
+            "collage_total": self.collage_total,
+        }
+
+
+def layer_key(canvas: Canvas, layer: Layer) -> tuple[Any, ...]:
+    """What a layer's latent tokens depend on: its pixels, its transform and the canvas size."""
+    return ("layer", layer.image.digest, layer.transform_key(), canvas.width, canvas.height)
+
+
+def collage_key(canvas: Canvas) -> tuple[Any, ...]:
+    """What the flattened collage depends on: every visible layer's key, in z-order."""
+    return ("collage", tuple(layer_key(canvas, layer) for layer in canvas.visible_layers()))
+
+
+@dataclass
+class _Entry:
+    keep_full: np.ndarray  # (rows, cols) bool, alpha > 0.5
+    image: Image.Image | None  # rendered RGBA at generation size, dropped once encoded
+    tokens: torch.Tensor | None = None  # (rows*cols, D) packed latents
+
+
+class ConditioningBuilder:
+    """Builds condition token sequences from canvases, caching renders and latents per layer.
+
+    A layer's entry depends only on `layer_key` (content, transform, canvas size): moving one layer of six
+    re-renders and re-encodes that layer only. Locking, visibility and z-order change ids, not latents.
+    """
+
+    def __init__(self, encoder: TokenEncoder | None = None, max_entries: int = 64) -> None:
+        self.encoder = encoder
+        self.max_entries = max_entries
+        self.encode_calls = 0
+        self._cache: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    # -- planning ------------------------------------------------------------------------------------------
+
+    def plan(self, canvas: Canvas, mode: Mode = "layered") -> TokenPlan:
+        """Kept cells and ids of every token group of `canvas` in `mode` (renders, never encodes)."""
+        if mode not in MODES:
+            raise LayerComposerError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
+        rows, cols = canvas.grid
+        visible = canvas.visible_layers()
+        hidden = [layer.name for layer in canvas.layers if not layer.visible]
+        cells = rows * cols
+        groups: list[TokenGroup] = []
+        if mode == "collage":
+            if visible:
+                entry = self._entry(collage_key(canvas), lambda: canvas.flatten(canvas.generation_size))
+                # Opaque by construction (composited on the fill colour): every cell, id [1, r, c].
+                groups.append(TokenGroup("collage", False, 1, np.ones((rows, cols), bool),
+                                         float(entry.keep_full.mean()), collage_key(canvas), "collage"))
+        else:
+            j = 0
+            for layer in visible:
+                key = layer_key(canvas, layer)
+                entry = self._entry(key, lambda layer=layer: canvas.render_layer(layer, canvas.generation_size))
+                if layer.locked:
+                    index = 0
+                else:
+                    j += 1
+                    index = j
+                keep = entry.keep_full if mode == "layered" else np.ones((rows, cols), bool)
+                groups.append(TokenGroup(layer.name, layer.locked, index, keep, float(entry.keep_full.mean()),
+                                         key, layer.kind))
+        return TokenPlan(mode, (rows, cols), groups, unpruned_total=len(visible) * cells,
+                         collage_total=cells if visible else 0, hidden=hidden)
+
+    def _entry(self, key: tuple[Any, ...], render: Callable[[], Image.Image]) -> _Entry:
+        entry = self._cache.get(key)
+        if entry is None:
+            image = render()
+            entry = _Entry(keep_full=keep_mask(np.asarray(image.getchannel("A"), np.float32) / 255.0), image=image)
+            self._cache[key] = entry
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return entry
+
+    # -- building ------------------------------------------------------------------------------------------
+
+    def build(self, canvas: Canvas, mode: Mode = "layered") -> Conditioning:
+        """The condition tokens and ids of `canvas` in `mode`, encoding only layers not already cached."""
+        import torch
+
+        if self.encoder is None:
+            raise RuntimeError("ConditioningBuilder.build needs an encoder")
+        plan = self.plan(canvas, mode)
+        token_parts, id_parts = [], []
+        for group in plan.groups:
+            all_tokens = self._tokens(group.key, canvas, mode)  # (rows*cols, D)
+            flat_keep = torch.from_numpy(group.keep.reshape(-1))
+            token_parts.append(all_tokens[flat_keep.to(all_tokens.device)])
+            rc = torch.from_numpy(np.argwhere(group.keep))  # (n, 2) row-major (r, c)
+            id_parts.append(torch.cat([torch.full((len(rc), 1), group.index), rc], dim=1))
+        if token_parts:
+            tokens = torch.cat(token_parts)[None]  # (1, M, D)
+            ids = torch.cat(id_parts).to(torch.int64)  # (M, 3)
+        else:
+            tokens, ids = None, torch.zeros((0, 3), dtype=torch.int64)
+        return Conditioning(tokens=tokens, ids=ids, plan=plan)
+
+    def _tokens(self, key: tuple[Any, ...], canvas: Canvas, mode: Mode) -> torch.Tensor:
+        import torch
+
+        entry = self._cache[key]
+        if entry.tokens is None:
+            if entry.image is None:  # evicted render (should not happen within one build), re-render
+                raise RuntimeError("layer render missing from cache")
+            pixels = torch.from_numpy(composite_on_fill(entry.image))[None]  # (1, 3, H, W)
+            tokens = self.encoder(pixels)  # (1, rows*cols, D)
+            self.encode_calls += 1
+            rows, cols = canvas.grid
+            if tokens.shape[:2] != (1, rows * cols):
+                raise RuntimeError(f"encoder returned {tuple(tokens.shape)} for a {rows}x{cols} grid")
+            entry.tokens = tokens[0].detach()
+            entry.image = None  # the latents are all we need from now on
+        return entry.tokens
+
+
+@dataclass
+class Conditioning:
+    """Condition tokens of one canvas: (1, M, D) packed latents (None when M = 0) and (M, 3) ids."""
+
+    tokens: torch.Tensor | None
+    ids: torch.Tensor
+    plan: TokenPlan
+
+    @property
+    def count(self) -> int:
+        return int(self.ids.shape[0])
+
+
+def grid_ids(rows: int, cols: int, index: int = 0) -> np.ndarray:
+    """(rows*cols, 3) ids [index, r, c] in row-major order: the noisy tokens use index 0."""
+    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    return np.stack([np.full(rows * cols, index), r.reshape(-1), c.reshape(-1)], axis=1).astype(np.int64)
+
+
+def token_stats(canvas: Canvas, mode: Mode = "layered") -> dict[str, Any]:
+    """The statistics of `layercomposer tokens` for a canvas (renders the layers, no model)."""
+    return ConditioningBuilder().plan(canvas, mode).as_dict()

@@ -1,0 +1,19 @@
+"""User-facing errors: one line, naming the file and the field, no traceback at the CLI."""
+
+from __future__ import annotations
+
+
+class LayerComposerError(Exception):
+    """An error caused by the user's input or environment; its message is one line meant for people."""
+
+    def __init__(self, message: str) -> None:
+        # Collapse anything multi-line (e.g. a wrapped library message) so the CLI prints exactly one line.
+        super().__init__(" ".join(str(message).split()))
+
+
+class CanvasError(LayerComposerError):
+    """A canvas file, bundle or layer image is malformed or breaks a limit of DESIGN.md section 2."""
+
+
+class ModelError(LayerComposerError):
+    """A model name or directory cannot be resolved or loaded."""

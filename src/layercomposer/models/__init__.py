@@ -1,0 +1,1 @@
+"""Model components: text encoders and the registry of named configs."""

@@ -1,0 +1,131 @@
+"""Named model configurations (the `--model` choices) and how a name or directory becomes components."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ..errors import ModelError
+from ..flow import FlowSchedule
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+"""Models shipped inside the package (`demo`, `demo-collage` once trained)."""
+
+BASIC_VOCABULARY: tuple[str, ...] = tuple(
+    """
+    a an the and with of in on at under over near by one two three four five six many sprite sprites
+    character characters person people friend friends red orange yellow green blue purple pink brown
+    black white grey gray gold teal round tall small big square star striped spotted plain happy sad
+    surprised beach city forest meadow snow desert room park street sky sea mountain day night
+    sunset sunrise morning evening overcast light dark standing sitting jumping waving laughing
+    smiling together photo picture scene
+    """.split()  # noqa: SIM905 (a word list reads best as words)
+)
+
+
+def _frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(d))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to build a model from scratch: component configs and sampling defaults."""
+
+    name: str
+    description: str
+    transformer: Mapping[str, Any]
+    """FluxTransformer2DModel config."""
+    vae: Mapping[str, Any]
+    """AutoencoderKL config."""
+    text_encoder: Mapping[str, Any]
+    """CLIPTextConfig (vocab_size is set from the vocabulary)."""
+    vocabulary: tuple[str, ...] = BASIC_VOCABULARY
+    max_text_length: int = 32
+    schedule: FlowSchedule = field(default_factory=FlowSchedule)
+    guidance_scale: float = 2.5
+    default_steps: int = 28
+
+
+TINY_RANDOM = ModelConfig(
+    name="tiny-random",
+    description="a tiny randomly initialised model (seconds on a CPU); for tests and plumbing, makes noise",
+    transformer=_frozen(
+        dict(
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+            axes_dims_rope=(4, 6, 6),
+        )
+    ),
+    vae=_frozen(
+        dict(
+            in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=4,
+            block_out_channels=(8, 16, 16, 16),
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
+            # The mid-block attention is global over H/8 x W/8 positions: quadratic, and not needed here.
+            mid_block_add_attention=False,
+        )
+    ),
+    text_encoder=_frozen(
+        dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+            max_position_embeddings=32, projection_dim=32,
+        )
+    ),
+)
+
+REGISTRY: dict[str, ModelConfig] = {TINY_RANDOM.name: TINY_RANDOM}
+
+
+def shipped_models() -> dict[str, Path]:
+    """Trained models inside the installed package, by name."""
+    if not WEIGHTS_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(WEIGHTS_DIR.iterdir()) if (p / "model_index.json").is_file()}
+
+
+def model_choices() -> list[str]:
+    """Every name `--model` accepts besides a directory."""
+    return sorted({*REGISTRY, *shipped_models()})
+
+
+def resolve_model(model: str | Path) -> ModelConfig | Path:
+    """A registered config to build, or a directory to load; a clear error otherwise."""
+    if isinstance(model, str) and model in REGISTRY:
+        return REGISTRY[model]
+    shipped = shipped_models()
+    if isinstance(model, str) and model in shipped:
+        return shipped[model]
+    path = Path(model)
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelError(f"{path}: not a model directory (model_index.json missing)")
+        return path
+    if path.exists():
+        raise ModelError(f"{path}: a model must be a directory, not a file")
+    raise ModelError(f"unknown model {str(model)!r}: use one of {', '.join(model_choices())} or a model directory")
+
+
+def build_random(config: ModelConfig, seed: int = 0):  # -> (FluxTransformer2DModel, AutoencoderKL, ClipTextEncoder)
+    """Build a config's components with random weights, reproducibly from `seed`, fully offline."""
+    import torch
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .text import BOS_ID, EOS_ID, PAD_ID, ClipTextEncoder, build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(config.vocabulary, config.max_text_length)
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer), pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
+        **config.text_encoder,
+    )
+    fork = torch.random.fork_rng(devices=[])
+    with fork:
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel(**config.transformer)
+        vae = AutoencoderKL(**config.vae)
+        text_model = CLIPTextModel(text_config)
+    return transformer, vae, ClipTextEncoder(text_model, tokenizer, config.max_text_length)

@@ -1,0 +1,103 @@
+"""Text encoders: the protocol the pipeline needs (prompts -> sequence embeddings + pooled vector)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class TextEmbeddings:
+    """Per-prompt conditioning: the token sequence the transformer attends to and a pooled vector."""
+
+    sequence: torch.Tensor
+    """(B, L, joint_attention_dim)"""
+    pooled: torch.Tensor
+    """(B, pooled_projection_dim)"""
+
+
+class TextEncoder(Protocol):
+    """What the pipeline asks of a text encoder (the demo's word-level CLIP, FLUX's CLIP + T5, ...)."""
+
+    kind: str
+
+    def encode(self, prompts: list[str]) -> TextEmbeddings: ...
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TextEncoder: ...
+
+    def save_pretrained(self, root: Path) -> None: ...
+
+
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
+# eos must not be id 2: transformers' CLIP treats eos_token_id == 2 as a legacy config and pools by argmax.
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
+
+
+def build_word_tokenizer(vocabulary: Iterable[str], max_length: int):  # -> PreTrainedTokenizerFast
+    """A lowercase word-level tokenizer built offline from a word list (the demo world's vocabulary)."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for word in vocabulary:
+        word = word.lower()
+        if word not in vocab:
+            vocab[word] = len(vocab)
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", BOS_ID), ("<eos>", EOS_ID)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        model_max_length=max_length,
+    )
+
+
+class ClipTextEncoder:
+    """A transformers ``CLIPTextModel`` and its tokenizer: last hidden state + pooled (EOS) output."""
+
+    kind = "clip"
+
+    def __init__(self, model, tokenizer, max_length: int | None = None) -> None:  # CLIPTextModel, tokenizer
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.max_length = max_length or min(tokenizer.model_max_length, model.config.max_position_embeddings)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> TextEmbeddings:
+        batch = self.tokenizer(
+            prompts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        out = self.model(input_ids=batch["input_ids"].to(self.model.device))
+        return TextEmbeddings(sequence=out.last_hidden_state, pooled=out.pooler_output)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ClipTextEncoder:
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    def save_pretrained(self, root: Path) -> None:
+        self.model.save_pretrained(root / "text_encoder", safe_serialization=True)
+        self.tokenizer.save_pretrained(root / "tokenizer")
+
+    @classmethod
+    def from_pretrained(cls, root: Path) -> ClipTextEncoder:
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        model = CLIPTextModel.from_pretrained(root / "text_encoder", use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+        return cls(model, tokenizer)

@@ -1,0 +1,297 @@
+"""`LayerComposerPipeline`: canvas + prompt -> picture, on diffusers' FluxTransformer2DModel and AutoencoderKL."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image
+
+from . import __version__
+from .canvas import TOKEN_PX, Canvas
+from .conditioning import MODES, Conditioning, ConditioningBuilder, Mode, TokenPlan, grid_ids
+from .errors import LayerComposerError, ModelError
+from .flow import FlowSchedule
+from .models.registry import ModelConfig, build_random, resolve_model
+from .models.text import ClipTextEncoder, TextEmbeddings, TextEncoder
+from .sampler import StepCallback, sample_euler
+
+PIPELINE_CLASS = "LayerComposerPipeline"
+_TEXT_ENCODERS: dict[str, type] = {"clip": ClipTextEncoder}
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, H/8, W/8) VAE latents -> (B, H/16 * W/16, 4C) tokens, 2x2 patches, row-major (as FLUX)."""
+    return rearrange(latents, "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=2, pw=2)
+
+
+def unpack_latents(tokens: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """(B, rows*cols, 4C) tokens -> (B, C, 2 rows, 2 cols) latents; the inverse of `pack_latents`."""
+    return rearrange(tokens, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=rows, w=cols, ph=2, pw=2)
+
+
+@dataclass
+class GenerationResult:
+    """A picture and how it was made."""
+
+    image: Image.Image
+    prompt: str
+    seed: int
+    steps: int
+    guidance_scale: float
+    mode: Mode
+    plan: TokenPlan
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings to reproduce this picture (JSON)."""
+        return {"prompt": self.prompt, "seed": self.seed, "steps": self.steps,
+                "guidance_scale": self.guidance_scale, "mode": self.mode}
+
+
+class LayerComposerPipeline:
+    """Renders a layered canvas into one picture (DESIGN.md section 3)."""
+
+    def __init__(
+        self,
+        transformer: Any,  # diffusers.FluxTransformer2DModel
+        vae: Any,  # diffusers.AutoencoderKL
+        text_encoder: TextEncoder,
+        schedule: FlowSchedule | None = None,
+        guidance_scale: float = 2.5,
+        default_steps: int = 28,
+        name: str | None = None,
+    ) -> None:
+        self.transformer = transformer.eval().requires_grad_(False)
+        self.vae = vae.eval().requires_grad_(False)
+        self.text_encoder = text_encoder
+        self.schedule = schedule or FlowSchedule()
+        self.guidance_scale = guidance_scale
+        self.default_steps = default_steps
+        self.name = name
+        latent_channels = vae.config.latent_channels
+        if transformer.config.in_channels != 4 * latent_channels:
+            raise ModelError(
+                f"transformer in_channels {transformer.config.in_channels} does not match 4 x the VAE's "
+                f"{latent_channels} latent channels"
+            )
+        self.conditioning = ConditioningBuilder(self._encode_pixels)
+        self._prompt_cache: OrderedDict[str, TextEmbeddings] = OrderedDict()
+
+    # -- construction --------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, seed: int = 0) -> LayerComposerPipeline:
+        """A pipeline with random weights built from a registered config (offline)."""
+        transformer, vae, text_encoder = build_random(config, seed)
+        return cls(transformer, vae, text_encoder, config.schedule, config.guidance_scale, config.default_steps,
+                   name=config.name)
+
+    @classmethod
+    def from_pretrained(
+        cls, model: str | os.PathLike[str], device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> LayerComposerPipeline:
+        """Load a named model (`tiny-random`, `demo`, ...) or a directory written by `save_pretrained`."""
+        resolved = resolve_model(str(model) if isinstance(model, os.PathLike) else model)
+        pipe = cls.from_config(resolved) if isinstance(resolved, ModelConfig) else cls._load_dir(resolved)
+        if device is not None or dtype is not None:
+            pipe.to(device or "cpu", dtype)
+        return pipe
+
+    @classmethod
+    def _load_dir(cls, root: Path) -> LayerComposerPipeline:
+        from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+        try:
+            index = json.loads((root / "model_index.json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{root}/model_index.json: cannot read ({exc})") from None
+        if index.get("_class_name") != PIPELINE_CLASS:
+            raise ModelError(
+                f"{root}: a {index.get('_class_name')!r} directory, not a {PIPELINE_CLASS} model directory"
+            )
+        for part in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
+            if not (root / part).is_dir():
+                raise ModelError(f"{root}: {part}/ missing from the model directory")
+        kind = index.get("text_encoder_kind", "clip")
+        if kind not in _TEXT_ENCODERS:
+            raise ModelError(f"{root}: unknown text_encoder_kind {kind!r}")
+        try:
+            transformer = FluxTransformer2DModel.from_pretrained(root / "transformer", use_safetensors=True)
+            vae = AutoencoderKL.from_pretrained(root / "vae", use_safetensors=True)
+            text_encoder = _TEXT_ENCODERS[kind].from_pretrained(root)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{root}: cannot load weights ({str(exc).splitlines()[0]})") from None
+        schedule = FlowSchedule.load(root / "scheduler" / "scheduler_config.json")
+        return cls(transformer, vae, text_encoder, schedule, float(index.get("guidance_scale", 2.5)),
+                   int(index.get("default_steps", 28)), name=index.get("name", root.name))
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write safetensors weights and configs in diffusers' per-component layout."""
+        root = Path(directory)
+        root.mkdir(parents=True, exist_ok=True)
+        self.transformer.save_pretrained(root / "transformer", safe_serialization=True)
+        self.vae.save_pretrained(root / "vae", safe_serialization=True)
+        self.text_encoder.save_pretrained(root)
+        (root / "scheduler").mkdir(exist_ok=True)
+        self.schedule.save(root / "scheduler" / "scheduler_config.json")
+        index = {
+            "_class_name": PIPELINE_CLASS,
+            "_layercomposer_version": __version__,
+            "name": self.name,
+            "text_encoder_kind": self.text_encoder.kind,
+            "guidance_scale": self.guidance_scale,
+            "default_steps": self.default_steps,
+        }
+        # model_index.json last: a directory without it is not a model, so a crash leaves no half model.
+        (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        return root
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> LayerComposerPipeline:
+        self.transformer.to(device=device, dtype=dtype)
+        self.vae.to(device=device, dtype=dtype)
+        self.text_encoder.to(device, dtype)
+        self.conditioning.clear()  # cached latents live on the old device
+        self._prompt_cache.clear()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    # -- components ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(1, 3, H, W) in [-1, 1] -> (1, H/16 * W/16, 4C) normalised packed latents (distribution mode)."""
+        vae = self.vae
+        vae_dtype = next(vae.parameters()).dtype
+        latents = vae.encode(pixels.to(self.device, vae_dtype)).latent_dist.mode()
+        latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
+        return pack_latents(latents).to(self.dtype)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, grid: tuple[int, int]) -> Image.Image:
+        """(1, rows*cols, 4C) packed latents -> RGB picture."""
+        vae = self.vae
+        latents = unpack_latents(tokens, *grid)
+        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+        pixels = vae.decode(latents.to(next(vae.parameters()).dtype)).sample[0]
+        arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+
+    def encode_prompt(self, prompt: str) -> TextEmbeddings:
+        """Prompt embeddings, cached by text (the editor regenerates with the same prompt)."""
+        cached = self._prompt_cache.get(prompt)
+        if cached is None:
+            cached = self.text_encoder.encode([prompt])
+            self._prompt_cache[prompt] = cached
+            if len(self._prompt_cache) > 16:
+                self._prompt_cache.popitem(last=False)
+        return cached
+
+    def condition(self, canvas: Canvas, mode: Mode = "layered") -> Conditioning:
+        """The canvas's condition tokens and ids (cached per layer)."""
+        return self.conditioning.build(canvas, mode)
+
+    # -- generation ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        canvas: Canvas,
+        prompt: str | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int = 0,
+        mode: Mode = "layered",
+        callback: StepCallback | None = None,
+    ) -> GenerationResult:
+        """Render `canvas`; `prompt` overrides the canvas's own. Same seed, same picture (bit for bit on CPU)."""
+        canvas.validate()
+        if mode not in MODES:
+            raise LayerComposerError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
+        steps = self.default_steps if num_inference_steps is None else int(num_inference_steps)
+        if not 1 <= steps <= 1000:
+            raise LayerComposerError(f"steps: must be between 1 and 1000, got {steps}")
+        guidance = self.guidance_scale if guidance_scale is None else float(guidance_scale)
+        text = prompt if prompt is not None else (canvas.prompt or "")
+        seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
+
+        cond = self.condition(canvas, mode)
+        t1 = time.perf_counter()
+        seconds["condition"] = t1 - t0
+        emb = self.encode_prompt(text)
+        rows, cols = canvas.grid
+        n_noisy = rows * cols
+        device, dtype = self.device, self.dtype
+
+        generator = torch.Generator("cpu").manual_seed(int(seed))
+        # Noise is drawn on the CPU in float32, so a seed means the same noise on any device.
+        noise = torch.randn((1, n_noisy, self.transformer.config.in_channels), generator=generator)
+        noise = noise.to(device, dtype)
+        ids = torch.cat([torch.from_numpy(grid_ids(rows, cols, 0)), cond.ids]).to(device, torch.float32)
+        seq = emb.sequence.to(device, dtype)
+        txt_ids = torch.zeros((seq.shape[1], 3), device=device, dtype=torch.float32)
+        pooled = emb.pooled.to(device, dtype)
+        cond_tokens = cond.tokens.to(device, dtype) if cond.tokens is not None else None
+        guidance_t = (
+            torch.full((1,), guidance, device=device, dtype=torch.float32)
+            if self.transformer.config.guidance_embeds else None
+        )
+
+        def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
+            hidden = x if cond_tokens is None else torch.cat([x, cond_tokens], dim=1)  # (1, N + M, 4C)
+            out = self.transformer(
+                hidden_states=hidden, encoder_hidden_states=seq, pooled_projections=pooled,
+                timestep=torch.full((1,), sigma, device=device, dtype=dtype), img_ids=ids, txt_ids=txt_ids,
+                guidance=guidance_t, return_dict=False,
+            )[0]
+            return out[:, :n_noisy]  # condition tokens' outputs are discarded
+
+        sigmas = self.schedule.sigmas(steps, n_noisy)
+        latents = sample_euler(velocity, noise, sigmas, callback)
+        t2 = time.perf_counter()
+        seconds["sample"] = t2 - t1
+        image = self.decode(latents, (rows, cols))
+        seconds["decode"] = time.perf_counter() - t2
+        return GenerationResult(image=image, prompt=text, seed=int(seed), steps=steps, guidance_scale=guidance,
+                                mode=mode, plan=cond.plan, seconds=seconds)
+
+    def __call__(
+        self,
+        canvas: Canvas,
+        prompt: str | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int = 0,
+        mode: Mode = "layered",
+        callback: StepCallback | None = None,
+    ) -> Image.Image:
+        """Render `canvas` and return the picture (see `generate` for the details)."""
+        return self.generate(canvas, prompt, num_inference_steps, guidance_scale, seed, mode, callback).image
+
+    def preview(self, tokens: torch.Tensor, grid: tuple[int, int]) -> Image.Image:
+        """Decode intermediate latents (e.g. a StepEvent's `denoised`) for a progress preview."""
+        return self.decode(tokens, grid)
+
+
+def generation_size_note(canvas: Canvas) -> str | None:
+    """A note when the canvas is cropped to a multiple of 16 px for generation."""
+    w, h = canvas.generation_size
+    if (w, h) != (canvas.width, canvas.height):
+        return f"canvas {canvas.width}x{canvas.height} is generated at {w}x{h} (multiples of {TOKEN_PX} px)"
+    return None

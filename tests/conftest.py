@@ -1,0 +1,37 @@
+"""Shared fixtures: small images and canvases drawn by hand, and one tiny random pipeline per session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from layercomposer.canvas import Canvas, Layer, LayerImage
+
+
+def solid(w: int, h: int, rgba: tuple[int, int, int, int] = (255, 0, 0, 255)) -> Image.Image:
+    """A w x h image of one colour."""
+    return Image.new("RGBA", (w, h), rgba)
+
+
+def layer(name: str, image: Image.Image, **kw) -> Layer:
+    return Layer(name=name, image=LayerImage.from_pil(image, source_name=f"{name}.png"), **kw)
+
+
+def alpha(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.getchannel("A"))
+
+
+@pytest.fixture
+def make_canvas():
+    def make(width: int = 128, height: int = 128, layers: list[Layer] | None = None, prompt: str | None = None):
+        return Canvas(width=width, height=height, layers=list(layers or []), prompt=prompt)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    from layercomposer.pipeline import LayerComposerPipeline
+
+    return LayerComposerPipeline.from_pretrained("tiny-random")

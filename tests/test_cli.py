@@ -1,0 +1,110 @@
+"""The command line, run as a user runs it (a real subprocess): outputs, statistics, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import solid
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "layercomposer", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+@pytest.fixture
+def small_canvas(tmp_path):
+    solid(32, 32, (200, 30, 30, 255)).save(tmp_path / "a.png")
+    solid(20, 40, (30, 30, 200, 128)).save(tmp_path / "b.png")
+    doc = {"version": 1, "width": 96, "height": 64, "prompt": "a red sprite",
+           "layers": [{"name": "a", "image": "a.png", "x": 16, "y": 16},
+                      {"name": "b", "image": "b.png", "x": 40, "y": 8, "locked": True}]}
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    return tmp_path / "c.json"
+
+
+def test_tokens_json_by_hand(small_canvas):
+    out = run("tokens", str(small_canvas), "--json")
+    assert out.returncode == 0, out.stderr
+    stats = json.loads(out.stdout)
+    # a: [16, 48)^2 -> centres 24, 40 each way = 4 tokens. b: alpha 128/255 > 0.5, [40, 60) x [8, 48):
+    # cols centres 40, 56 -> 2, rows 8, 24, 40 -> 3 = 6 tokens. Grid 4 x 6.
+    assert stats["grid"] == [4, 6]
+    assert [(layer["name"], layer["locked"], layer["index"], layer["tokens"]) for layer in stats["layers"]] == [
+        ("a", False, 1, 4), ("b", True, 0, 6)
+    ]
+    assert (stats["total"], stats["unpruned_total"], stats["collage_total"]) == (10, 48, 24)
+
+
+def test_tokens_table(small_canvas):
+    out = run("tokens", str(small_canvas))
+    assert out.returncode == 0
+    assert "grid 4x6 = 24 noisy tokens" in out.stdout
+    assert "condition tokens: layered 10, unpruned 48, collage 24" in out.stdout
+
+
+def test_flatten(small_canvas, tmp_path):
+    target = tmp_path / "collage.png"
+    out = run("flatten", str(small_canvas), "-o", str(target))
+    assert out.returncode == 0, out.stderr
+    px = np.asarray(Image.open(target))
+    assert px.shape == (64, 96, 4)
+    assert tuple(px[20, 20]) == (200, 30, 30, 255)  # a alone
+    assert tuple(px[10, 50]) == (30, 30, 200, 128)  # b alone, half transparent
+    # b over a at (42, 20): R = 30 * 128/255 + 200 * 127/255 = 114.7, B = 200 * 128/255 + 30 * 127/255 = 115.3.
+    assert tuple(px[20, 42]) == (115, 30, 115, 255)
+
+
+def test_generate_writes_a_png_with_its_settings(small_canvas, tmp_path):
+    target = tmp_path / "out.png"
+    out = run("generate", str(small_canvas), "-o", str(target), "--model", "tiny-random", "--steps", "2",
+              "--seed", "5")
+    assert out.returncode == 0, out.stderr
+    image = Image.open(target)
+    assert image.size == (96, 64)
+    settings = json.loads(image.info["layercomposer"])
+    assert settings["seed"] == 5 and settings["steps"] == 2 and settings["prompt"] == "a red sprite"
+    assert "wrote" in out.stderr and "10 condition tokens [layered]" in out.stderr
+
+
+BAD = [
+    (["tokens", "missing.json"], "missing.json: file not found"),
+    (["generate", "{canvas}", "-o", "{out}.txt"], "unknown image extension"),
+    (["generate", "{canvas}", "--model", "nope", "-o", "{out}"], "unknown model 'nope'"),
+    (["generate", "{canvas}", "--steps", "0", "-o", "{out}"], "--steps: must be between 1 and 1000"),
+    (["generate", "{bad}", "-o", "{out}"], "layers[0].scale: must be positive"),
+    (["generate", "{canvas}", "-o", "{tmp}/no/such/dir/out.png"], "does not exist"),
+    (["flatten", "{notimage}", "-o", "{out}"], "not an image"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD, ids=[m for _, m in BAD])
+def test_bad_input_is_one_line_exit_2_and_no_output(small_canvas, tmp_path, argv, message):
+    bad = tmp_path / "bad.json"
+    doc = json.loads(small_canvas.read_text())
+    doc["layers"][0]["scale"] = 0
+    bad.write_text(json.dumps(doc))
+    (tmp_path / "fake.png").write_text("not an image")
+    notimage = tmp_path / "notimage.json"
+    doc["layers"][0].update(scale=1, image="fake.png")
+    notimage.write_text(json.dumps(doc))
+    out_png = tmp_path / "result.png"
+    subs = {"canvas": str(small_canvas), "bad": str(bad), "notimage": str(notimage), "out": str(out_png),
+            "tmp": str(tmp_path)}
+    result = run(*[a.format(**subs) for a in argv], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("layercomposer: error: ") and message in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not out_png.exists() and not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*.part"))

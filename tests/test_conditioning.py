@@ -1,0 +1,186 @@
+"""Conditioning (DESIGN.md section 3): token counts, ids with locking, the three modes, the latent cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import layer, solid
+from layercomposer.canvas import Canvas
+from layercomposer.conditioning import (
+    ConditioningBuilder,
+    composite_on_fill,
+    grid_ids,
+    keep_mask,
+    nearest_grid,
+    token_stats,
+)
+from layercomposer.errors import LayerComposerError
+
+
+def kept(canvas: Canvas, name: str, mode: str = "layered") -> int:
+    plan = ConditioningBuilder().plan(canvas, mode)
+    return next(g.tokens for g in plan.groups if g.name == name)
+
+
+# A cell (r, c) is kept iff the alpha at its centre pixel (16r + 8, 16c + 8) is > 0.5, so a box
+# [x0, x1) x [y0, y1) keeps #{c : x0 <= 16c + 8 < x1} x #{r : y0 <= 16r + 8 < y1} tokens.
+@pytest.mark.parametrize(
+    ("w", "h", "x", "y", "expected"),
+    [
+        (32, 48, 16, 32, 2 * 3),  # aligned: cols 1-2, rows 2-4
+        (128, 128, 0, 0, 8 * 8),  # the whole 128x128 canvas
+        (30, 30, 10, 10, 1 * 1),  # [10, 40): centres 24 only (8 < 10, 40 is not < 40)
+        (40, 20, 5, 3, 3 * 1),  # [5, 45): 8, 24, 40; [3, 23): 8
+        (16, 16, 0, 0, 1),  # exactly one cell
+        (16, 16, 9, 9, 1),  # [9, 25) holds centre 24 only
+        (15, 15, 9, 9, 0),  # [9, 24) covers parts of four cells, none of their centres
+        (17, 17, 8, 8, 2 * 2),  # [8, 25): centres 8 and 24
+        (40, 40, -20, -20, 1),  # partly off-canvas: [-20, 20) holds centre 8 only
+        (64, 16, 100, 0, 2),  # partly off the right edge: [100, 164) holds centres 104, 120
+    ],
+)
+def test_token_counts_for_rectangles(w, h, x, y, expected):
+    c = Canvas(128, 128, [layer("a", solid(w, h), x=x, y=y)])
+    assert kept(c, "a") == expected
+
+
+def test_alpha_threshold_is_strictly_above_half():
+    assert kept(Canvas(64, 64, [layer("a", solid(64, 64, (9, 9, 9, 128)))]), "a") == 16  # 128/255 > 0.5
+    assert kept(Canvas(64, 64, [layer("a", solid(64, 64, (9, 9, 9, 127)))]), "a") == 0  # 127/255 < 0.5
+
+
+def test_non_multiple_of_16_canvas_uses_rounded_down_grid():
+    c = Canvas(100, 70, [layer("a", solid(100, 70))])
+    plan = ConditioningBuilder().plan(c)
+    assert plan.grid == (4, 6) and plan.groups[0].tokens == 24 and plan.noisy == 24
+
+
+def test_nearest_grid_samples_cell_centres():
+    a = np.zeros((32, 48), np.float32)
+    a[8, 8] = a[24, 40] = 1.0
+    a[0, 0] = a[15, 15] = 1.0  # not centres: ignored
+    assert nearest_grid(a).tolist() == [[1, 0, 0], [0, 0, 1]]
+    assert keep_mask(a).sum() == 2
+
+
+def test_ids_for_a_mix_of_locked_and_unlocked_layers():
+    # bg (locked) -> 0; A unlocked -> 1; B locked -> 0; C unlocked -> 2; D hidden -> none; E unlocked -> 3.
+    c = Canvas(64, 64, [
+        layer("bg", solid(64, 64, (0, 0, 0, 255)), kind="background", locked=True),
+        layer("A", solid(16, 16), x=0, y=0),
+        layer("B", solid(16, 32), x=16, y=0, locked=True),
+        layer("C", solid(32, 16), x=32, y=48),
+        layer("D", solid(16, 16), x=48, y=0, visible=False),
+        layer("E", solid(16, 16), x=48, y=16),
+    ])
+    seen = []
+    builder = ConditioningBuilder(encoder=_fake_free_encoder_counting(seen))
+    cond = builder.build(c, "layered")
+    plan = cond.plan
+    assert [(g.name, g.locked, g.index, g.tokens) for g in plan.groups] == [
+        ("bg", True, 0, 16), ("A", False, 1, 1), ("B", True, 0, 2), ("C", False, 2, 2), ("E", False, 3, 1)
+    ]
+    assert plan.hidden == ["D"]
+    ids = cond.ids.tolist()
+    assert len(ids) == 16 + 1 + 2 + 2 + 1 == cond.count
+    assert ids[:16] == [[0, r, cc] for r in range(4) for cc in range(4)]
+    assert ids[16:] == [[1, 0, 0], [0, 0, 1], [0, 1, 1], [2, 3, 2], [2, 3, 3], [3, 1, 3]]
+    # Tokens are gathered from the right cells: the fake encoder writes (r, c) into the first two channels.
+    tokens = cond.tokens[0]
+    assert tokens[:, :2].round().long().tolist() == [row[1:] for row in ids]
+
+
+def _fake_free_encoder_counting(seen):
+    """An encoder that is exact by construction: token (r, c) carries (r, c, mean colour) so gathering is checkable.
+
+    Not a stand-in for the VAE (the pipeline tests use the real one); it makes token *positions* visible.
+    """
+
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        seen.append(pixels)
+        _, _, h, w = pixels.shape
+        rows, cols = h // 16, w // 16
+        r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+        mean = pixels[0].reshape(3, rows, 16, cols, 16).mean(dim=(2, 4))  # (3, rows, cols)
+        feats = torch.stack([r.float(), c.float(), *mean], dim=-1)  # (rows, cols, 5)
+        return feats.reshape(1, rows * cols, 5)
+
+    return encode
+
+
+def test_three_modes_share_one_path():
+    c = Canvas(64, 64, [
+        layer("A", solid(16, 16), x=0, y=0),
+        layer("B", solid(32, 32, (0, 0, 255, 255)), x=16, y=16, locked=True),
+        layer("H", solid(8, 8), visible=False),
+    ])
+    seen: list = []
+    builder = ConditioningBuilder(encoder=_fake_free_encoder_counting(seen))
+    layered = builder.build(c, "layered")
+    unpruned = builder.build(c, "unpruned")
+    collage = builder.build(c, "collage")
+    assert layered.count == 1 + 4
+    assert unpruned.count == 2 * 16  # every cell of both visible layers
+    assert unpruned.ids[:16, 0].tolist() == [1] * 16 and unpruned.ids[16:, 0].tolist() == [0] * 16
+    assert collage.count == 16 and collage.ids.tolist() == grid_ids(4, 4, 1).tolist()
+    # The collage is the flattened canvas on the fill colour: cell (1, 1) is B's blue, cell (0, 0) A's red,
+    # cell (3, 3) is empty (fill = 0 in [-1, 1]).
+    colour = collage.tokens[0, :, 2:].reshape(4, 4, 3)
+    assert colour[1, 1].tolist() == [-1, -1, 1] and colour[0, 0].tolist() == [1, -1, -1]
+    assert colour[3, 3].tolist() == [0, 0, 0]
+    stats = layered.plan.as_dict()
+    assert (stats["total"], stats["unpruned_total"], stats["collage_total"]) == (5, 32, 16)
+    assert len(seen) == 3  # A, B once each (shared by layered and unpruned), then the collage
+
+
+def test_empty_canvas_has_no_condition_tokens():
+    builder = ConditioningBuilder(encoder=_fake_free_encoder_counting([]))
+    for mode in ("layered", "unpruned", "collage"):
+        cond = builder.build(Canvas(64, 96), mode)
+        assert cond.tokens is None and cond.count == 0
+    assert token_stats(Canvas(64, 96)) == {
+        "mode": "layered", "grid": [6, 4], "noisy": 24, "layers": [], "hidden": [], "total": 0,
+        "unpruned_total": 0, "collage_total": 0,
+    }
+
+
+def test_unknown_mode():
+    with pytest.raises(LayerComposerError, match="mode: must be one of"):
+        ConditioningBuilder().plan(Canvas(64, 64), "pasted")
+
+
+def test_cache_encodes_an_unchanged_layer_once():
+    layers = [layer(f"L{i}", solid(16, 16, (40 * i, 0, 0, 255)), x=16 * i, y=0) for i in range(6)]
+    c = Canvas(128, 64, layers)
+    seen: list = []
+    builder = ConditioningBuilder(encoder=_fake_free_encoder_counting(seen))
+    builder.build(c)
+    assert builder.encode_calls == 6
+    moved = c.copy()
+    moved.layers[2].x += 16  # move one layer of six
+    builder.build(moved)
+    assert builder.encode_calls == 7
+    relocked = moved.copy()
+    relocked.layers[0].locked = True  # lock, hide, reorder: ids change, latents do not
+    relocked.layers[1].visible = False
+    relocked.layers.reverse()
+    builder.build(relocked)
+    builder.build(relocked, "unpruned")
+    assert builder.encode_calls == 7
+    dup = moved.copy()
+    dup.layers.append(layer("copy-of-L0", solid(16, 16, (0, 0, 0, 255)), x=0, y=0))  # same content + place as L0
+    builder.build(dup)
+    assert builder.encode_calls == 7
+
+
+def test_fill_colour_is_zero_and_alpha_premultiplies():
+    from PIL import Image
+
+    px = np.array([[[255, 255, 255, 0], [255, 0, 0, 255], [255, 255, 255, 51]]], np.uint8)
+    out = composite_on_fill(Image.fromarray(px, "RGBA"))
+    assert out.shape == (3, 1, 3)
+    assert out[:, 0, 0].tolist() == [0, 0, 0]
+    assert out[:, 0, 1].tolist() == [1, -1, -1]
+    assert np.allclose(out[:, 0, 2], 0.2)  # white at alpha 0.2 over grey: (2 * 1 - 1) * 0.2

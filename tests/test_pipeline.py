@@ -1,0 +1,132 @@
+"""The pipeline end to end on the tiny random model (real diffusers transformer, VAE and CLIP text model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import layer, solid
+from layercomposer.canvas import Canvas
+from layercomposer.errors import LayerComposerError, ModelError
+from layercomposer.pipeline import LayerComposerPipeline, pack_latents, unpack_latents
+
+
+def six_layer_canvas(n: int, width: int = 128, height: int = 96) -> Canvas:
+    layers = []
+    if n:
+        layers.append(layer("bg", solid(64, 48, (30, 90, 200, 255)), kind="background", locked=True))
+    for i in range(1, n):
+        layers.append(layer(f"s{i}", solid(24, 32, (50 * i, 200, 40, 255)), x=14 * i, y=8 * i,
+                            scale=0.5 + 0.25 * i, rotation=15 * i, locked=i % 2 == 0))
+    return Canvas(width, height, layers, prompt="a red sprite on a beach")
+
+
+def test_pack_unpack_round_trip_and_layout():
+    lat = torch.arange(2 * 4 * 6, dtype=torch.float32).reshape(1, 2, 4, 6)
+    tok = pack_latents(lat)
+    assert tok.shape == (1, 6, 8)
+    # token 0 = channel 0's 2x2 patch (0, 1, 6, 7) then channel 1's (24, 25, 30, 31)
+    assert tok[0, 0].tolist() == [0, 1, 6, 7, 24, 25, 30, 31]
+    assert torch.equal(unpack_latents(tok, 2, 3), lat)
+
+
+@pytest.mark.parametrize("n_layers", [0, 1, 2, 3, 4, 5, 6])
+def test_generate_with_0_to_6_layers(tiny_pipe, n_layers):
+    canvas = six_layer_canvas(n_layers)
+    result = tiny_pipe.generate(canvas, num_inference_steps=2, seed=n_layers)
+    assert result.image.size == (128, 96) and result.image.mode == "RGB"
+    plan = result.plan
+    assert plan.grid == (6, 8) and len(plan.groups) == n_layers
+    assert plan.total == sum(g.tokens for g in plan.groups)
+    if n_layers:
+        assert plan.groups[0].tokens == 48  # the background covers every cell
+
+
+def test_non_square_canvas_768x1024_gives_a_48x64_grid(tiny_pipe):
+    canvas = Canvas(1024, 768, [layer("a", solid(256, 256), x=100, y=200)])
+    result = tiny_pipe.generate(canvas, num_inference_steps=1)
+    assert result.plan.grid == (48, 64)
+    assert result.image.size == (1024, 768)
+    assert result.plan.groups[0].tokens == 16 * 16  # [100, 356) x [200, 456): 16 centres each way
+
+
+def test_generation_size_is_rounded_down(tiny_pipe):
+    result = tiny_pipe.generate(Canvas(100, 70), num_inference_steps=1)
+    assert result.image.size == (96, 64)
+
+
+def test_same_seed_same_image_bit_for_bit(tiny_pipe):
+    canvas = six_layer_canvas(3)
+    a = tiny_pipe(canvas, num_inference_steps=3, seed=7)
+    tiny_pipe.conditioning.clear()  # recomputing the latents gives the same bits too
+    b = tiny_pipe(canvas, num_inference_steps=3, seed=7)
+    c = tiny_pipe(canvas, num_inference_steps=3, seed=8)
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_modes_prompts_and_progress(tiny_pipe):
+    canvas = six_layer_canvas(3)
+    steps = []
+    out = {m: tiny_pipe.generate(canvas, num_inference_steps=3, mode=m, callback=steps.append) for m in
+           ("layered", "unpruned", "collage")}
+    assert [e.step for e in steps] == [1, 2, 3] * 3
+    assert out["unpruned"].plan.total == 3 * 48 and out["collage"].plan.total == 48
+    assert out["layered"].plan.total < out["unpruned"].plan.total
+    # Condition tokens change the picture; so does the prompt.
+    base = np.asarray(out["layered"].image, dtype=np.int16)
+    assert np.abs(base - np.asarray(out["collage"].image, dtype=np.int16)).max() > 0
+    other = tiny_pipe(canvas, prompt="a blue sprite in the snow", num_inference_steps=3)
+    assert np.abs(base - np.asarray(other, dtype=np.int16)).max() > 0
+    assert out["layered"].prompt == "a red sprite on a beach"
+
+
+def test_layers_encoded_once_across_generations(tiny_pipe):
+    tiny_pipe.conditioning.clear()
+    start = tiny_pipe.conditioning.encode_calls
+    canvas = six_layer_canvas(4)
+    tiny_pipe(canvas, num_inference_steps=1)
+    assert tiny_pipe.conditioning.encode_calls - start == 4
+    canvas.layers[2].x += 5
+    canvas.layers[1].locked = not canvas.layers[1].locked
+    tiny_pipe(canvas, num_inference_steps=1)
+    assert tiny_pipe.conditioning.encode_calls - start == 5
+
+
+def test_save_and_load_gives_the_same_picture(tiny_pipe, tmp_path):
+    canvas = six_layer_canvas(2)
+    before = tiny_pipe(canvas, num_inference_steps=2, seed=3)
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
+        "model_index.json", "scheduler", "text_encoder", "tokenizer", "transformer", "vae"
+    ]
+    assert list((tmp_path / "model" / "transformer").glob("*.safetensors"))
+    loaded = LayerComposerPipeline.from_pretrained(tmp_path / "model")
+    after = loaded(canvas, num_inference_steps=2, seed=3)
+    assert np.array_equal(np.asarray(before), np.asarray(after))
+
+
+def test_tiny_random_is_the_same_model_every_time(tiny_pipe):
+    other = LayerComposerPipeline.from_pretrained("tiny-random")
+    for a, b in zip(tiny_pipe.transformer.parameters(), other.transformer.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_model_errors(tmp_path):
+    with pytest.raises(ModelError, match="unknown model 'nope': use one of"):
+        LayerComposerPipeline.from_pretrained("nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match=r"model_index.json missing"):
+        LayerComposerPipeline.from_pretrained(tmp_path / "empty")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "model_index.json").write_text('{"_class_name": "LayerComposerPipeline"}')
+    with pytest.raises(ModelError, match="transformer/ missing"):
+        LayerComposerPipeline.from_pretrained(tmp_path / "half")
+
+
+def test_bad_generation_arguments(tiny_pipe):
+    with pytest.raises(LayerComposerError, match="mode: must be one of"):
+        tiny_pipe(Canvas(64, 64), mode="nope")
+    with pytest.raises(LayerComposerError, match="steps: must be between 1 and 1000"):
+        tiny_pipe(Canvas(64, 64), num_inference_steps=0)
