@@ -56,10 +56,10 @@ class LayerImage:
     whatever file it came from.
     """
 
-    __slots__ = ("_digest", "_rgba", "data", "ext", "source_name")
+    __slots__ = ("_data", "_digest", "_rgba", "ext", "source_name")
 
-    def __init__(self, data: bytes, rgba: Image.Image, ext: str, source_name: str | None = None) -> None:
-        self.data = data
+    def __init__(self, data: bytes | None, rgba: Image.Image, ext: str, source_name: str | None = None) -> None:
+        self._data = data  # None: encode to PNG when first needed (saving), not on every construction
         self.ext = ext
         self.source_name = source_name
         self._rgba = rgba
@@ -96,7 +96,14 @@ class LayerImage:
     def from_pil(cls, image: Image.Image, source_name: str | None = None) -> LayerImage:
         """Wrap an in-memory image (stored as PNG when saved)."""
         rgba = image.convert("RGBA") if image.mode != "RGBA" else image.copy()
-        return cls(encode_png(rgba), rgba, ".png", source_name)
+        return cls(None, rgba, ".png", source_name)
+
+    @property
+    def data(self) -> bytes:
+        """The encoded file: the original bytes when loaded from a file, else a lossless PNG."""
+        if self._data is None:
+            self._data = encode_png(self._rgba)
+        return self._data
 
     @property
     def rgba(self) -> Image.Image:

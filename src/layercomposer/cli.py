@@ -66,6 +66,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the named models")
     models.set_defaults(func=cmd_models)
+
+    from .training.config import add_train_arguments, add_vae_arguments
+
+    tr = sub.add_parser("train", help="train a model on scenes (full or LoRA; accelerate)",
+                        description="Locking-aware flow-matching training of a FLUX transformer, full or LoRA. "
+                        "Also runs as `accelerate launch -m layercomposer.training.train ...`.")
+    add_train_arguments(tr)
+    tr.set_defaults(func=cmd_train)
+    tv = sub.add_parser("train-vae", help="train the demo model's VAE on scenes",
+                        description="Train a small AutoencoderKL on scene pictures and layers (the demo's VAE).")
+    add_vae_arguments(tv)
+    tv.set_defaults(func=cmd_train_vae)
+
+    world = sub.add_parser("world", help="the sprites world: generate scenes")
+    world_sub = world.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
+    wg = world_sub.add_parser("generate", help="write sprites scenes in the training format")
+    wg.add_argument("--out", required=True, help="output folder (one sub-folder per scene)")
+    wg.add_argument("--scenes", type=int, required=True, help="number of scenes")
+    wg.add_argument("--seed", type=int, default=0)
+    wg.add_argument("--size", type=int, default=256, help="picture size in px (multiple of 16, 128..1024)")
+    wg.add_argument("--split", choices=("train", "heldout"), default="train",
+                    help="identities: train, or held-out (never seen in training)")
+    wg.set_defaults(func=cmd_world_generate)
     return parser
 
 
@@ -164,6 +187,35 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{name:<14} shipped   {path}{'  (default)' if name == default else ''}")
     for name, config in REGISTRY.items():
         print(f"{name:<14} random    {config.description}{'  (default)' if name == default else ''}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training.config import train_config_from_args
+    from .training.train import train
+
+    train(train_config_from_args(args))
+    return 0
+
+
+def cmd_train_vae(args: argparse.Namespace) -> int:
+    from .training.config import vae_config_from_args
+    from .training.vae import train_vae
+
+    out = train_vae(vae_config_from_args(args))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_world_generate(args: argparse.Namespace) -> int:
+    from .world import generate_dataset
+
+    if not 1 <= args.scenes <= 1_000_000:
+        raise LayerComposerError(f"--scenes: must be between 1 and 1000000, got {args.scenes}")
+    if args.size % 16 or not 128 <= args.size <= 1024:
+        raise LayerComposerError(f"--size: must be a multiple of 16 in 128..1024, got {args.size}")
+    paths = generate_dataset(args.out, args.scenes, seed=args.seed, size=args.size, split=args.split, progress=True)
+    print(f"wrote {len(paths)} scenes to {args.out}", file=sys.stderr)
     return 0
 
 

@@ -125,8 +125,10 @@ class LayerComposerPipeline:
         if kind not in _TEXT_ENCODERS:
             raise ModelError(f"{root}: unknown text_encoder_kind {kind!r}")
         try:
-            transformer = FluxTransformer2DModel.from_pretrained(root / "transformer", use_safetensors=True)
-            vae = AutoencoderKL.from_pretrained(root / "vae", use_safetensors=True)
+            transformer = FluxTransformer2DModel.from_pretrained(
+                root / "transformer", use_safetensors=True, torch_dtype=torch.float32
+            )
+            vae = AutoencoderKL.from_pretrained(root / "vae", use_safetensors=True, torch_dtype=torch.float32)
             text_encoder = _TEXT_ENCODERS[kind].from_pretrained(root)
         except (OSError, ValueError) as exc:
             raise ModelError(f"{root}: cannot load weights ({str(exc).splitlines()[0]})") from None

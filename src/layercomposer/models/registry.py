@@ -77,7 +77,45 @@ TINY_RANDOM = ModelConfig(
     ),
 )
 
-REGISTRY: dict[str, ModelConfig] = {TINY_RANDOM.name: TINY_RANDOM}
+def _world_vocabulary() -> tuple[str, ...]:
+    from ..world import VOCABULARY
+
+    return tuple(dict.fromkeys([*VOCABULARY, *BASIC_VOCABULARY]))
+
+
+DEMO_BASE = ModelConfig(
+    name="demo-base",
+    description="the demo model's architecture, untrained (what `layercomposer train` starts the demo from)",
+    # Sizes chosen by measurement on a 2-core CPU (docs/TRAINING.md): ~0.5 s per training step of 4 canvases
+    # at 256 px, ~35 ms per sampling step, 5.2 M parameters (10 MB in float16).
+    transformer=_frozen(
+        dict(
+            patch_size=1, in_channels=32, num_layers=2, num_single_layers=4, attention_head_dim=32,
+            num_attention_heads=6, joint_attention_dim=128, pooled_projection_dim=128, guidance_embeds=False,
+            axes_dims_rope=(8, 12, 12),
+        )
+    ),
+    vae=_frozen(
+        dict(
+            in_channels=3, out_channels=3, latent_channels=8, layers_per_block=1, norm_num_groups=16,
+            block_out_channels=(32, 64, 64, 64),
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            scaling_factor=1.0, shift_factor=0.0, use_quant_conv=False, use_post_quant_conv=False,
+            mid_block_add_attention=False,
+        )
+    ),
+    text_encoder=_frozen(
+        dict(
+            hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=64, projection_dim=128,
+        )
+    ),
+    vocabulary=_world_vocabulary(),
+    max_text_length=64,
+    guidance_scale=1.0,
+)
+
+REGISTRY: dict[str, ModelConfig] = {TINY_RANDOM.name: TINY_RANDOM, DEMO_BASE.name: DEMO_BASE}
 
 
 def shipped_models() -> dict[str, Path]:

@@ -35,6 +35,7 @@ class TextEncoder(Protocol):
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
 # eos must not be id 2: transformers' CLIP treats eos_token_id == 2 as a legacy config and pools by argmax.
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
+PUNCTUATION = (",", ":", ";", ".", "!", "?", "-", "'", '"', "(", ")")
 
 
 def build_word_tokenizer(vocabulary: Iterable[str], max_length: int):  # -> PreTrainedTokenizerFast
@@ -44,7 +45,8 @@ def build_word_tokenizer(vocabulary: Iterable[str], max_length: int):  # -> PreT
     from transformers import PreTrainedTokenizerFast
 
     vocab: dict[str, int] = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for word in vocabulary:
+    # The pre-tokenizer splits punctuation into tokens of its own; give them ids rather than <unk>.
+    for word in (*PUNCTUATION, *vocabulary):
         word = word.lower()
         if word not in vocab:
             vocab[word] = len(vocab)
@@ -78,13 +80,22 @@ class ClipTextEncoder:
     def device(self) -> torch.device:
         return self.model.device
 
-    @torch.no_grad()
-    def encode(self, prompts: list[str]) -> TextEmbeddings:
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        """(B, max_length) input ids, padded and truncated (the EOS token is kept)."""
         batch = self.tokenizer(
             prompts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
         )
-        out = self.model(input_ids=batch["input_ids"].to(self.model.device))
+        return batch["input_ids"]
+
+    @staticmethod
+    def embed(model: torch.nn.Module, input_ids: torch.Tensor) -> TextEmbeddings:
+        """Run a CLIP text model (possibly wrapped for training) on input ids, with autograd as the caller sets."""
+        out = model(input_ids=input_ids)
         return TextEmbeddings(sequence=out.last_hidden_state, pooled=out.pooler_output)
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> TextEmbeddings:
+        return self.embed(self.model, self.tokenize(prompts).to(self.model.device))
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ClipTextEncoder:
         self.model.to(device=device, dtype=dtype)
@@ -95,9 +106,10 @@ class ClipTextEncoder:
         self.tokenizer.save_pretrained(root / "tokenizer")
 
     @classmethod
-    def from_pretrained(cls, root: Path) -> ClipTextEncoder:
+    def from_pretrained(cls, root: Path, dtype: torch.dtype = torch.float32) -> ClipTextEncoder:
         from transformers import AutoTokenizer, CLIPTextModel
 
-        model = CLIPTextModel.from_pretrained(root / "text_encoder", use_safetensors=True)
+        # Weights may be stored in half precision to ship small; compute in `dtype`.
+        model = CLIPTextModel.from_pretrained(root / "text_encoder", use_safetensors=True, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
         return cls(model, tokenizer)

@@ -1,0 +1,1 @@
+"""Training: locking-aware sampling, batching, the trainer and the VAE stage."""

@@ -1,0 +1,176 @@
+"""From training canvases to padded batches, and the flow-matching loss on them.
+
+A batch mixes canvases with different numbers of kept condition tokens: condition tokens are padded to
+the batch maximum, padded keys are masked out of attention, and every sample gets its own positions
+(`models.attention.PaddedBatchAttnProcessor`). The loss is taken on the noisy tokens only.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..conditioning import ConditioningBuilder, Mode, grid_ids
+from ..flow import add_noise, velocity_target
+from ..models.attention import sample_rotary
+from ..models.text import TextEmbeddings
+from .sampling import TrainingSample
+
+
+@dataclass
+class EncodedSample:
+    """One training example in latent space."""
+
+    x0: torch.Tensor
+    """(N, D) target latents (packed)."""
+    cond: torch.Tensor
+    """(M, D) kept condition tokens (M may be 0)."""
+    cond_ids: torch.Tensor
+    """(M, 3) int64 ids of the condition tokens."""
+    grid: tuple[int, int]
+    prompt: str
+
+
+@dataclass
+class Batch:
+    """Padded tensors of B samples of the same grid."""
+
+    x0: torch.Tensor
+    """(B, N, D)"""
+    cond: torch.Tensor
+    """(B, M_max, D), zeros where padded"""
+    ids: torch.Tensor
+    """(B, N + M_max, 3) float ids of the image sequence (noisy then condition), zeros where padded"""
+    key_mask: torch.Tensor | None
+    """(B, N + M_max) bool, False on padding; None when no sample is padded"""
+    prompts: list[str]
+
+    @property
+    def size(self) -> int:
+        return self.x0.shape[0]
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Batch:
+        mask = self.key_mask.to(device) if self.key_mask is not None else None
+        return Batch(self.x0.to(device, dtype), self.cond.to(device, dtype), self.ids.to(device), mask, self.prompts)
+
+
+class SampleEncoder:
+    """Encodes training canvases with the same `ConditioningBuilder` as inference; targets cached by content."""
+
+    def __init__(self, encode_pixels: Callable[[torch.Tensor], torch.Tensor], mode: Mode = "layered",
+                 max_cached_layers: int = 4096, max_cached_targets: int = 65536) -> None:
+        self.encode_pixels = encode_pixels
+        self.mode = mode
+        self.builder = ConditioningBuilder(encode_pixels, max_entries=max_cached_layers)
+        self.max_cached_targets = max_cached_targets
+        self._targets: OrderedDict[tuple[str, int, int, int], torch.Tensor] = OrderedDict()
+
+    def target_tokens(self, sample: TrainingSample) -> torch.Tensor:
+        """(N, D) latents of the target picture, cached by (scene, image, size)."""
+        key = (sample.scene, sample.image, *sample.target.size)
+        cached = self._targets.get(key)
+        if cached is None:
+            w, h = sample.canvas.generation_size
+            cached = self.encode_pixels(picture_pixels(sample.target.crop((0, 0, w, h))))[0].detach()
+            self._targets[key] = cached
+            if len(self._targets) > self.max_cached_targets:
+                self._targets.popitem(last=False)
+        return cached
+
+    def encode(self, sample: TrainingSample) -> EncodedSample:
+        cond = self.builder.build(sample.canvas, self.mode)
+        x0 = self.target_tokens(sample)
+        tokens = cond.tokens[0] if cond.tokens is not None else x0.new_zeros((0, x0.shape[-1]))
+        return EncodedSample(x0=x0, cond=tokens, cond_ids=cond.ids, grid=sample.canvas.grid, prompt=sample.prompt)
+
+
+def picture_pixels(image: Image.Image) -> torch.Tensor:
+    """RGB picture -> (1, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+
+
+def collate(samples: list[EncodedSample]) -> Batch:
+    """Pad condition tokens to the batch maximum; every sample keeps its own ids."""
+    grids = {s.grid for s in samples}
+    if len(grids) != 1:
+        raise ValueError(f"a batch must share one grid, got {sorted(grids)}")
+    rows, cols = samples[0].grid
+    n = rows * cols
+    m_max = max(s.cond.shape[0] for s in samples)
+    b, d = len(samples), samples[0].x0.shape[-1]
+    cond = samples[0].x0.new_zeros((b, m_max, d))
+    ids = torch.zeros((b, n + m_max, 3), dtype=torch.float32)
+    mask = torch.ones((b, n + m_max), dtype=torch.bool)
+    noisy_ids = torch.from_numpy(grid_ids(rows, cols, 0)).float()
+    for i, s in enumerate(samples):
+        m = s.cond.shape[0]
+        cond[i, :m] = s.cond
+        ids[i, :n] = noisy_ids
+        ids[i, n:n + m] = s.cond_ids.float()
+        mask[i, n + m:] = False
+    x0 = torch.stack([s.x0 for s in samples])
+    return Batch(x0=x0, cond=cond, ids=ids, key_mask=None if bool(mask.all()) else mask,
+                 prompts=[s.prompt for s in samples])
+
+
+def predict_velocity(
+    transformer: torch.nn.Module,
+    x_t: torch.Tensor,
+    batch: Batch,
+    text: TextEmbeddings,
+    t: torch.Tensor,
+    guidance: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Velocity at the noisy tokens (B, N, D) for a padded batch (needs PaddedBatchAttnProcessor)."""
+    b, n = x_t.shape[:2]
+    seq = text.sequence
+    txt_ids = torch.zeros((seq.shape[1], 3), device=x_t.device)
+    full_ids = torch.cat([txt_ids[None].expand(b, -1, -1), batch.ids.to(x_t.device)], dim=1)  # (B, L + S, 3)
+    rope = sample_rotary(_unwrap(transformer), full_ids)
+    kwargs: dict = {"sample_rotary_emb": rope}
+    if batch.key_mask is not None:
+        text_keys = torch.ones((b, seq.shape[1]), dtype=torch.bool, device=x_t.device)
+        kwargs["attention_mask"] = torch.cat([text_keys, batch.key_mask.to(x_t.device)], dim=1)[:, None, None, :]
+    hidden = torch.cat([x_t, batch.cond.to(x_t.dtype)], dim=1)  # (B, N + M_max, D)
+    out = transformer(
+        hidden_states=hidden, encoder_hidden_states=seq, pooled_projections=text.pooled, timestep=t.to(x_t.dtype),
+        img_ids=batch.ids[0].to(x_t.device), txt_ids=txt_ids, guidance=guidance, joint_attention_kwargs=kwargs,
+        return_dict=False,
+    )[0]
+    return out[:, :n]
+
+
+def flow_loss(
+    transformer: torch.nn.Module,
+    batch: Batch,
+    text: TextEmbeddings,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    guidance: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flow-matching MSE on the noisy tokens: (mean loss, per-sample losses (B,))."""
+    x_t = add_noise(batch.x0, noise, t)
+    pred = predict_velocity(transformer, x_t, batch, text, t, guidance)
+    per_sample = F.mse_loss(pred.float(), velocity_target(batch.x0, noise).float(), reduction="none").mean(dim=(1, 2))
+    return per_sample.mean(), per_sample
+
+
+def guidance_vector(transformer: torch.nn.Module, batch_size: int, value: float = 1.0,
+                    device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """The guidance-embedding input for models that have one (FLUX dev / Kontext), else None."""
+    if not _unwrap(transformer).config.guidance_embeds:
+        return None
+    return torch.full((batch_size,), float(value), device=device)
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP / compile wrappers (for its pos_embed)."""
+    while hasattr(module, "module"):
+        module = module.module
+    return getattr(module, "_orig_mod", module)

@@ -1,0 +1,124 @@
+"""Training settings as dataclasses, and the command-line flags that map onto them (no torch import here)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from ..conditioning import MODES
+from ..errors import LayerComposerError
+from .sampling import SamplingConfig
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (saved as `config.json` in the run folder)."""
+
+    data: str
+    output: str
+    model: str = "demo-base"
+    vae: str | None = None
+    mode: str = "layered"
+    steps: int = 1000
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 3e-4
+    warmup: int = 100
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lora_rank: int = 0
+    lora_alpha: float | None = None
+    train_text_encoder: bool = False
+    prompt_dropout: float = 0.1
+    guidance: float = 1.0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    eval_data: str | None = None
+    eval_every: int = 250
+    eval_samples: int = 16
+    export_dtype: str = "float32"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    @property
+    def run(self) -> Path:
+        return Path(self.output)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig(data="", output="")
+    parser.add_argument("--data", required=True, help="folder of scenes (DESIGN.md section 4 format)")
+    parser.add_argument("--output", required=True, help="run folder: checkpoints, metrics, final model")
+    parser.add_argument("--model", default=d.model, help="base: a registered config (random init) or a model dir")
+    parser.add_argument("--vae", default=None, help="AutoencoderKL folder replacing the base's VAE (frozen)")
+    parser.add_argument("--mode", default=d.mode, choices=MODES, help="conditioning mode (collage = ablation)")
+    parser.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per micro-batch per process")
+    parser.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps, then constant")
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument("--lora-rank", type=int, default=0, help="LoRA rank on the attention projections; 0 = full")
+    parser.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
+    parser.add_argument("--train-text-encoder", action="store_true", help="also train the text encoder (full)")
+    parser.add_argument("--prompt-dropout", type=float, default=d.prompt_dropout, help="chance of an empty prompt")
+    parser.add_argument("--guidance", type=float, default=d.guidance, help="guidance embedding value, if any")
+    parser.add_argument("--mixed-precision", default=d.mixed_precision, choices=("no", "bf16", "fp16"))
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps")
+    parser.add_argument("--log-every", type=int, default=d.log_every)
+    parser.add_argument("--eval-data", default=None, help="held-out scenes for an eval loss on fixed samples")
+    parser.add_argument("--eval-every", type=int, default=d.eval_every)
+    parser.add_argument("--export-dtype", default=d.export_dtype, choices=("float32", "float16", "bfloat16"),
+                        help="dtype of the exported model's weights")
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    names = {f.name for f in fields(TrainConfig)} - {"sampling"}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
+        raise LayerComposerError("--steps, --batch-size and --grad-accum must be positive")
+    return cfg
+
+
+@dataclass
+class VaeTrainConfig:
+    data: str
+    output: str
+    model: str = "demo-base"
+    """Registered model config whose `vae` section gives the architecture."""
+    steps: int = 4000
+    batch_size: int = 8
+    crop: int = 128
+    lr: float = 1e-3
+    kl_weight: float = 1e-6
+    edge_weight: float = 0.5
+    layer_share: float = 0.35
+    """Share of training crops taken from layers (on the fill colour) rather than pictures."""
+    seed: int = 0
+    log_every: int = 25
+    eval_data: str | None = None
+
+
+def add_vae_arguments(parser: argparse.ArgumentParser) -> None:
+    d = VaeTrainConfig(data="", output="")
+    parser.add_argument("--data", required=True, help="folder of scenes")
+    parser.add_argument("--output", required=True, help="run folder; the VAE goes to OUTPUT/vae")
+    parser.add_argument("--model", default=d.model, help="registered config giving the VAE architecture")
+    parser.add_argument("--steps", type=int, default=d.steps)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--crop", type=int, default=d.crop, help="training crop size (multiple of 16)")
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--kl-weight", type=float, default=d.kl_weight)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--eval-data", default=None, help="held-out scenes for the reconstruction PSNR")
+
+
+def vae_config_from_args(args: argparse.Namespace) -> VaeTrainConfig:
+    names = {f.name for f in fields(VaeTrainConfig)}
+    return VaeTrainConfig(**{k: v for k, v in vars(args).items() if k in names})

@@ -1,0 +1,308 @@
+"""Training: scene loading, locking-aware sampling, padded batches, optimisation, resume and LoRA files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from layercomposer.data.scenes import SceneError, SceneSet, load_scene
+from layercomposer.models.attention import use_stock_attention
+from layercomposer.training.batch import SampleEncoder, collate, flow_loss, guidance_vector
+from layercomposer.training.sampling import (
+    SamplingConfig,
+    alpha_box,
+    choose_locks,
+    jitter_colours,
+    sample_training_canvas,
+)
+from layercomposer.world import generate_dataset
+
+
+@pytest.fixture(scope="module")
+def scenes_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    generate_dataset(root, 6, seed=3, size=128, split="train")
+    return root
+
+
+@pytest.fixture(scope="module")
+def scenes(scenes_dir):
+    return SceneSet.load(scenes_dir)
+
+
+def multi(scenes, min_subjects=2):
+    return next(s for s in scenes.scenes if len(s.subjects) >= min_subjects and len(s.images) >= 2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Scene format
+
+
+def test_scene_loader_reads_the_world(scenes):
+    assert len(scenes) == 6
+    scene = scenes.scenes[0]
+    im = scene.images[0]
+    assert im.order[0] == "background" and set(im.subjects) <= set(scene.subjects)
+    assert im.picture().size == (128, 128) and im.layer(im.subjects[0]).mode == "RGBA"
+
+
+def test_scene_loader_errors(tmp_path, scenes_dir):
+    with pytest.raises(SceneError, match=r"no <scene>/scene.json found"):
+        SceneSet.load(tmp_path)
+    src = sorted(scenes_dir.iterdir())[0]
+    doc = json.loads((src / "scene.json").read_text())
+    doc["images"][0]["layers"]["stranger"] = "layers/img0/background.png"
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    (bad / "scene.json").write_text(json.dumps(doc))
+    with pytest.raises(SceneError, match="'stranger' is not one of the scene's subjects"):
+        load_scene(bad)
+    doc["images"][0]["layers"] = {"background": "../../etc/passwd"}
+    (bad / "scene.json").write_text(json.dumps(doc))
+    with pytest.raises(SceneError, match="leaves the scene folder"):
+        load_scene(bad)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Locking-aware sampling
+
+
+def test_lock_choices_none_all_and_each():
+    names = ["background", "a", "b", "c"]
+    rng = np.random.default_rng(0)
+    assert choose_locks(names, rng, SamplingConfig(p_lock_none=1.0)) == set()
+    assert choose_locks(names, rng, SamplingConfig(p_lock_none=0.0, p_lock_all=1.0)) == set(names)
+    cfg = SamplingConfig(p_lock_none=0.0, p_lock_all=0.0, p_lock_each=0.5)
+    counts = {n: 0 for n in names}
+    for _ in range(2000):
+        for n in choose_locks(names, rng, cfg):
+            counts[n] += 1
+    assert all(900 < c < 1100 for c in counts.values())
+
+
+def test_all_locked_canvas_flattens_to_the_target_exactly(scenes):
+    scene = multi(scenes)
+    cfg = SamplingConfig(p_lock_none=0.0, p_lock_all=1.0)
+    sample = sample_training_canvas(scene, np.random.default_rng(1), cfg, target_index=0)
+    assert sorted(sample.locked) == sorted(scene.images[0].order) and not sample.unlocked
+    assert all(layer.locked for layer in sample.canvas.layers)
+    flat = np.asarray(sample.canvas.flatten().convert("RGB"))
+    assert np.array_equal(flat, np.asarray(sample.target))
+
+
+def test_unlocked_subjects_come_from_another_picture_over_the_targets_subject(scenes):
+    scene = multi(scenes)
+    cfg = SamplingConfig(p_lock_none=1.0, p_drop_background=0.0, shift_jitter=0.0, scale_jitter=0.0,
+                         brightness=0, contrast=0, saturation=0, hue_degrees=0)
+    sample = sample_training_canvas(scene, np.random.default_rng(2), cfg, target_index=0)
+    target = scene.images[0]
+    assert not sample.locked and sorted(sample.unlocked) == sorted(target.order)
+    for layer in sample.canvas.layers:
+        assert not layer.locked
+        assert sample.sources[layer.name] != 0  # taken from a different picture of the scene
+        if layer.kind == "background":
+            continue
+        # Placed with the target subject's centre and height (no jitter here), to within a pixel.
+        t_box = alpha_box(target.layer(layer.name))
+        rendered = sample.canvas.render_layer(layer)
+        r_box = alpha_box(rendered)
+        assert abs((r_box[1] + r_box[3]) - (t_box[1] + t_box[3])) / 2 <= 1.5
+        assert abs((r_box[0] + r_box[2]) - (t_box[0] + t_box[2])) / 2 <= 1.5
+        assert abs((r_box[3] - r_box[1]) - (t_box[3] - t_box[1])) <= 2
+        # and its pixels are the source picture's, not the target's (another pose and lighting).
+        src_layer = scene.images[sample.sources[layer.name]].layer(layer.name)
+        cut = src_layer.crop(alpha_box(src_layer))
+        assert np.array_equal(np.asarray(layer.image.rgba), np.asarray(cut))
+
+
+def test_subject_in_one_picture_only_stays_locked(scenes, tmp_path):
+    scene = multi(scenes)
+    only = scene.images[0].subjects[0]
+    # Remove `only` from every other picture of the scene.
+    copy = tmp_path / scene.id
+    shutil.copytree(scene.root, copy)
+    doc = json.loads((copy / "scene.json").read_text())
+    for entry in doc["images"][1:]:
+        entry["layers"].pop(only, None)
+        if "order" in entry:
+            entry["order"] = [n for n in entry["order"] if n != only]
+    (copy / "scene.json").write_text(json.dumps(doc))
+    sample = sample_training_canvas(load_scene(copy), np.random.default_rng(0), SamplingConfig(p_lock_none=1.0),
+                                    target_index=0)
+    assert only in sample.locked
+
+
+def test_unlocked_background_is_dropped_or_taken_from_another_picture(scenes):
+    scene = multi(scenes)
+    dropped = sample_training_canvas(scene, np.random.default_rng(0),
+                                     SamplingConfig(p_lock_none=1.0, p_drop_background=1.0), target_index=0)
+    assert dropped.dropped == ["background"] and all(layer.kind == "subject" for layer in dropped.canvas.layers)
+    kept = sample_training_canvas(scene, np.random.default_rng(0),
+                                  SamplingConfig(p_lock_none=1.0, p_drop_background=0.0), target_index=0)
+    bg = kept.canvas.layers[0]
+    assert bg.kind == "background" and not bg.locked and kept.sources["background"] != 0
+
+
+def test_colour_jitter_keeps_alpha_and_zero_jitter_is_identity():
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    px = rng.integers(0, 256, (16, 16, 4), dtype=np.uint8)
+    im = Image.fromarray(px, "RGBA")
+    same = jitter_colours(im, rng, SamplingConfig(brightness=0, contrast=0, saturation=0, hue_degrees=0))
+    assert np.abs(np.asarray(same).astype(int) - px).max() <= 1
+    moved = jitter_colours(im, rng, SamplingConfig(brightness=0.3, contrast=0.3, saturation=0.3, hue_degrees=20))
+    assert np.array_equal(np.asarray(moved)[..., 3], px[..., 3])
+    assert np.abs(np.asarray(moved)[..., :3].astype(int) - px[..., :3]).mean() > 3
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batches, loss and optimisation on the tiny model
+
+
+@pytest.fixture(scope="module")
+def encoded(scenes):
+    from layercomposer.pipeline import LayerComposerPipeline
+
+    pipe = LayerComposerPipeline.from_pretrained("tiny-random")
+    enc = SampleEncoder(pipe._encode_pixels)
+    samples = [enc.encode(sample_training_canvas(scenes.scenes[i % len(scenes)], np.random.default_rng(i)))
+               for i in range(4)]
+    return pipe, samples
+
+
+def test_padded_batch_gives_the_same_loss_as_samples_one_at_a_time(encoded):
+    from layercomposer.models.attention import use_padded_batch_attention
+
+    pipe, samples = encoded
+    use_padded_batch_attention(pipe.transformer)
+    counts = [s.cond.shape[0] for s in samples]
+    assert len(set(counts)) > 1  # the batch really mixes token counts
+    batch = collate(samples)
+    assert batch.key_mask is not None and batch.cond.shape[1] == max(counts)
+    gen = torch.Generator().manual_seed(0)
+    t = torch.rand(4, generator=gen)
+    noise = torch.randn(batch.x0.shape, generator=gen)
+    text = pipe.text_encoder.encode(batch.prompts)
+    with torch.no_grad():
+        g = guidance_vector(pipe.transformer, 4)
+        _, together = flow_loss(pipe.transformer, batch, text, t, noise, g)
+        alone = []
+        for i, s in enumerate(samples):
+            one = collate([s])
+            assert one.key_mask is None
+            t1 = pipe.text_encoder.encode([s.prompt])
+            alone.append(flow_loss(pipe.transformer, one, t1, t[i:i + 1], noise[i:i + 1], g[:1])[1])
+    assert torch.allclose(together, torch.cat(alone), rtol=1e-4, atol=1e-6)
+    # Per-sample positions matter: giving every sample the first sample's ids changes the loss.
+    batch.ids[:] = batch.ids[0]
+    with torch.no_grad():
+        _, shared = flow_loss(pipe.transformer, batch, text, t, noise, g)
+    assert not torch.allclose(together, shared, rtol=1e-4, atol=1e-6)
+    use_stock_attention(pipe.transformer)
+
+
+def test_a_few_steps_lower_the_loss(encoded):
+    from layercomposer.models.attention import use_padded_batch_attention
+    from layercomposer.models.registry import TINY_RANDOM, build_random
+
+    pipe, samples = encoded
+    transformer, _, _ = build_random(TINY_RANDOM, seed=1)
+    use_padded_batch_attention(transformer)
+    transformer.requires_grad_(True).train()
+    batch = collate(samples)
+    gen = torch.Generator().manual_seed(0)
+    t, noise = torch.rand(4, generator=gen), torch.randn(batch.x0.shape, generator=gen)
+    text = pipe.text_encoder.encode(batch.prompts)
+    opt = torch.optim.AdamW(transformer.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss, _ = flow_loss(transformer, batch, text, t, noise, guidance_vector(transformer, 4))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The trainer end to end: outputs, exact resume, LoRA files
+
+
+def _cfg(scenes_dir, out, **kw):
+    from layercomposer.training.train import TrainConfig
+
+    base = dict(data=str(scenes_dir), output=str(out), model="tiny-random", steps=6, batch_size=2, lr=1e-3,
+                warmup=2, save_every=3, log_every=1, seed=5)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_trainer_writes_metrics_curve_checkpoints_and_model(scenes_dir, tmp_path):
+    from layercomposer.pipeline import LayerComposerPipeline
+    from layercomposer.training.train import train
+
+    cfg = _cfg(scenes_dir, tmp_path / "run", eval_data=str(scenes_dir), eval_every=3, eval_samples=2,
+               train_text_encoder=True)
+    train(cfg, progress=False)
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(r["loss"]) for r in records) and "eval_loss" in records[2]
+    assert (run / "loss.png").stat().st_size > 1000
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step-0000003", "step-0000006"]
+    pipe = LayerComposerPipeline.from_pretrained(run / "model")
+    from conftest import layer, solid
+    from layercomposer.canvas import Canvas
+
+    image = pipe(Canvas(64, 64, [layer("a", solid(20, 20))]), num_inference_steps=2)
+    assert image.size == (64, 64)
+
+
+def test_resume_gives_the_same_next_loss(scenes_dir, tmp_path):
+    from layercomposer.training.metrics import read_metrics
+    from layercomposer.training.train import train
+
+    train(_cfg(scenes_dir, tmp_path / "straight", steps=5, save_every=5), progress=False)
+    train(_cfg(scenes_dir, tmp_path / "split", steps=3, save_every=3), progress=False)
+    train(_cfg(scenes_dir, tmp_path / "split", steps=5, save_every=5), progress=False)  # resumes at 3
+    a = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    b = read_metrics(tmp_path / "split" / "metrics.jsonl")
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5]
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-5)
+
+
+def test_lora_save_and_load_round_trip(scenes_dir, tmp_path):
+    from diffusers import FluxKontextPipeline
+
+    from layercomposer.models.registry import TINY_RANDOM, build_random
+    from layercomposer.training.train import Trainer, train
+
+    cfg = _cfg(scenes_dir, tmp_path / "lora", steps=2, lora_rank=4, lr=5e-3, save_every=2)
+    trainer: Trainer = train(cfg, progress=False)
+    files = list((tmp_path / "lora" / "lora").glob("*.safetensors"))
+    assert [f.name for f in files] == ["pytorch_lora_weights.safetensors"]
+    state = FluxKontextPipeline.lora_state_dict(str(tmp_path / "lora" / "lora"))
+    state = state[0] if isinstance(state, tuple) else state
+    assert all(k.startswith("transformer.") for k in state) and any("lora_A" in k for k in state)
+    # A fresh base plus the file computes what the trained model computes, and differs from the bare base.
+    trained = trainer.accelerator.unwrap_model(trainer.transformer)
+    use_stock_attention(trained)
+    fresh, _, _ = build_random(TINY_RANDOM, seed=cfg.seed)
+    bare, _, _ = build_random(TINY_RANDOM, seed=cfg.seed)
+    fresh.load_lora_adapter(str(tmp_path / "lora" / "lora" / "pytorch_lora_weights.safetensors"),
+                            prefix="transformer")
+    gen = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(1, 20, 16, generator=gen),
+                  encoder_hidden_states=torch.randn(1, 5, 32, generator=gen),
+                  pooled_projections=torch.randn(1, 32, generator=gen), timestep=torch.tensor([0.5]),
+                  img_ids=torch.zeros(20, 3), txt_ids=torch.zeros(5, 3), guidance=torch.tensor([1.0]),
+                  return_dict=False)
+    with torch.no_grad():
+        out_trained, out_fresh, out_bare = (m(**inputs)[0] for m in (trained, fresh, bare))
+    assert torch.allclose(out_trained, out_fresh, atol=1e-5)
+    assert not torch.allclose(out_fresh, out_bare, atol=1e-4)
