@@ -108,3 +108,17 @@ def test_bad_input_is_one_line_exit_2_and_no_output(small_canvas, tmp_path, argv
     assert len(lines) == 1 and lines[0].startswith("layercomposer: error: ") and message in lines[0]
     assert "Traceback" not in result.stderr
     assert not out_png.exists() and not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*.part"))
+
+
+def test_readme_tokens_example_is_true():
+    readme = (ROOT / "README.md").read_text()
+    marker = "`layercomposer tokens examples/four-sprites.json` prints"
+    assert marker in readme
+    block = readme.split(marker, 1)[1].split("```", 2)[1].strip("\n")
+    out = run("tokens", str(ROOT / "examples" / "four-sprites.json"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip("\n") == block
+    # And the hand check: 256 background cells (locked, id 0) + 9 + 10 + 8 + 13 character cells.
+    stats = json.loads(run("tokens", str(ROOT / "examples" / "four-sprites.json"), "--json").stdout)
+    assert stats["total"] == 296 and stats["unpruned_total"] == 5 * 256 and stats["collage_total"] == 256
+    assert [layer["index"] for layer in stats["layers"]] == [0, 0, 1, 0, 2]

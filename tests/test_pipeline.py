@@ -130,3 +130,22 @@ def test_bad_generation_arguments(tiny_pipe):
         tiny_pipe(Canvas(64, 64), mode="nope")
     with pytest.raises(LayerComposerError, match="steps: must be between 1 and 1000"):
         tiny_pipe(Canvas(64, 64), num_inference_steps=0)
+
+
+def test_true_cfg_for_models_without_a_guidance_embedding():
+    from layercomposer.models.registry import TINY_RANDOM, ModelConfig
+
+    config = ModelConfig(**{**TINY_RANDOM.__dict__, "transformer": {**TINY_RANDOM.transformer,
+                                                                     "guidance_embeds": False}})
+    pipe = LayerComposerPipeline.from_config(config)
+    canvas = six_layer_canvas(2)
+    calls = []
+    pipe.transformer.register_forward_hook(lambda m, args, kwargs_out=None: calls.append(1))
+    plain = np.asarray(pipe(canvas, num_inference_steps=2, guidance_scale=1.0), dtype=np.int16)
+    guided = np.asarray(pipe(canvas, num_inference_steps=2, guidance_scale=4.0), dtype=np.int16)
+    assert len(calls) == 4  # one batched pass per step, with or without guidance
+    assert np.abs(plain - guided).max() > 0
+    # With an empty prompt the two halves agree, so any scale gives the unguided picture.
+    same = [np.asarray(pipe(canvas, prompt="", num_inference_steps=2, guidance_scale=s), dtype=np.int16)
+            for s in (1.0, 3.0)]
+    assert np.abs(same[0] - same[1]).max() <= 1

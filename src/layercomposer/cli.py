@@ -89,6 +89,26 @@ def build_parser() -> argparse.ArgumentParser:
     wg.add_argument("--split", choices=("train", "heldout"), default="train",
                     help="identities: train, or held-out (never seen in training)")
     wg.set_defaults(func=cmd_world_generate)
+    we = world_sub.add_parser("examples", help="write the example canvases (held-out identities)")
+    we.add_argument("--out", default="examples", help="output folder (default examples/)")
+    we.set_defaults(func=cmd_world_examples)
+
+    ev = sub.add_parser("eval", help="evaluate models")
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="EVAL_COMMAND")
+    es = ev_sub.add_parser("sprites", help="measure against known targets on held-out sprites scenes",
+                           description="Locked fidelity, adaptation, layout, prompt adherence and the ablations "
+                           "(collage model, lock vs unlock, pruning) on held-out scenes.")
+    es.add_argument("--model", default=None, help="layered model (default: demo)")
+    es.add_argument("--collage-model", default=None, help="collage-conditioned model for the ablation")
+    es.add_argument("--scenes", type=int, default=100, help="number of test canvases (default 100)")
+    es.add_argument("--data", default=None, help="held-out scenes folder (default: generated, seed 1)")
+    es.add_argument("--steps", type=int, default=28)
+    es.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    es.add_argument("--json", default=None, help="write the full report (every case) here")
+    es.add_argument("--figures", default=None, help="folder for the figure grids (PNG)")
+    es.add_argument("--results", default=None, help="write the Markdown results page here (docs/RESULTS.md)")
+    es.add_argument("--machine", default="this machine", help="machine description for the results page")
+    es.set_defaults(func=cmd_eval_sprites)
     return parser
 
 
@@ -216,6 +236,32 @@ def cmd_world_generate(args: argparse.Namespace) -> int:
         raise LayerComposerError(f"--size: must be a multiple of 16 in 128..1024, got {args.size}")
     paths = generate_dataset(args.out, args.scenes, seed=args.seed, size=args.size, split=args.split, progress=True)
     print(f"wrote {len(paths)} scenes to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_world_examples(args: argparse.Namespace) -> int:
+    from .world.examples import make_examples
+
+    for path in make_examples(args.out):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval_sprites(args: argparse.Namespace) -> int:
+    from .eval.sprites import results_markdown, run_eval, save_report
+
+    if not 1 <= args.scenes <= 10_000:
+        raise LayerComposerError(f"--scenes: must be between 1 and 10000, got {args.scenes}")
+    report = run_eval(args.model or default_model(), args.collage_model, args.data, args.scenes, args.steps,
+                      args.guidance, Path(args.figures) if args.figures else None)
+    if args.json:
+        save_report(report, Path(args.json))
+    if args.results:
+        command = "layercomposer " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("layercomposer") else \
+            "layercomposer eval sprites ..."
+        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.results).write_text(results_markdown(report, command, args.machine))
+    print(json.dumps(report["summary"], indent=2))
     return 0
 
 

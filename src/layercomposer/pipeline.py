@@ -237,6 +237,13 @@ class LayerComposerPipeline:
         t1 = time.perf_counter()
         seconds["condition"] = t1 - t0
         emb = self.encode_prompt(text)
+        # Guidance-distilled models (FLUX dev / Kontext) take guidance as an embedding; others get true
+        # classifier-free guidance: one batched pass with the prompt and with the empty prompt.
+        embedded_guidance = bool(self.transformer.config.guidance_embeds)
+        true_cfg = not embedded_guidance and guidance > 1.0
+        if true_cfg:
+            empty = self.encode_prompt("")
+            emb = TextEmbeddings(torch.cat([emb.sequence, empty.sequence]), torch.cat([emb.pooled, empty.pooled]))
         rows, cols = canvas.grid
         n_noisy = rows * cols
         device, dtype = self.device, self.dtype
@@ -250,19 +257,20 @@ class LayerComposerPipeline:
         txt_ids = torch.zeros((seq.shape[1], 3), device=device, dtype=torch.float32)
         pooled = emb.pooled.to(device, dtype)
         cond_tokens = cond.tokens.to(device, dtype) if cond.tokens is not None else None
-        guidance_t = (
-            torch.full((1,), guidance, device=device, dtype=torch.float32)
-            if self.transformer.config.guidance_embeds else None
-        )
+        batch = 2 if true_cfg else 1
+        guidance_t = torch.full((1,), guidance, device=device, dtype=torch.float32) if embedded_guidance else None
 
         def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
             hidden = x if cond_tokens is None else torch.cat([x, cond_tokens], dim=1)  # (1, N + M, 4C)
             out = self.transformer(
-                hidden_states=hidden, encoder_hidden_states=seq, pooled_projections=pooled,
-                timestep=torch.full((1,), sigma, device=device, dtype=dtype), img_ids=ids, txt_ids=txt_ids,
+                hidden_states=hidden.expand(batch, -1, -1), encoder_hidden_states=seq, pooled_projections=pooled,
+                timestep=torch.full((batch,), sigma, device=device, dtype=dtype), img_ids=ids, txt_ids=txt_ids,
                 guidance=guidance_t, return_dict=False,
-            )[0]
-            return out[:, :n_noisy]  # condition tokens' outputs are discarded
+            )[0][:, :n_noisy]  # condition tokens' outputs are discarded
+            if true_cfg:
+                v_cond, v_uncond = out.chunk(2)
+                return v_uncond + guidance * (v_cond - v_uncond)
+            return out
 
         sigmas = self.schedule.sigmas(steps, n_noisy)
         latents = sample_euler(velocity, noise, sigmas, callback)

@@ -1,0 +1,1 @@
+"""Evaluation: the sprites world (known targets) and, later, real photos."""

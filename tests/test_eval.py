@@ -1,0 +1,95 @@
+"""Evaluation: metrics by hand, the masks of locked / unlocked / revealed regions, and the harness end to end."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from layercomposer.data.scenes import SceneSet
+from layercomposer.eval.metrics import locate, psnr, ssim
+from layercomposer.eval.sprites import build_cases, canvas_preview, results_markdown, run_eval, visible_masks
+from layercomposer.world import generate_dataset
+
+
+def grey(value: int, size: int = 32) -> Image.Image:
+    return Image.new("RGB", (size, size), (value,) * 3)
+
+
+def test_psnr_by_hand():
+    # An error of 51/255 = 0.2 everywhere: MSE 0.04, PSNR = 10 log10(1 / 0.04) = 13.98 dB.
+    assert psnr(grey(100), grey(151)) == pytest.approx(10 * math.log10(25), abs=1e-9)
+    a, b = grey(0), grey(0).copy()
+    b.paste((255, 255, 255), (0, 0, 16, 32))  # left half wrong by 1.0
+    left = np.zeros((32, 32), bool)
+    left[:, :16] = True
+    assert psnr(a, b, left) == pytest.approx(0.0)
+    assert psnr(a, b, ~left) == 100.0
+    assert psnr(a, b) == pytest.approx(10 * math.log10(2))
+    assert math.isnan(psnr(a, b, np.zeros((32, 32), bool)))
+
+
+def test_ssim_matches_scikit_image():
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-80, 80, (48, 48, 3)), 0, 255).astype(np.uint8)
+    ours = ssim(Image.fromarray(a), Image.fromarray(b))
+    theirs = structural_similarity(a / 255.0, b / 255.0, gaussian_weights=True, sigma=1.5,
+                                   use_sample_covariance=False, data_range=1.0, channel_axis=-1)
+    assert ours == pytest.approx(theirs, abs=1e-9) and 0.5 < ours < 0.95
+    assert ssim(Image.fromarray(a), Image.fromarray(a)) == pytest.approx(1.0)
+
+
+def test_locate_finds_a_known_shift():
+    rng = np.random.default_rng(1)
+    target = Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8))
+    moved = Image.new("RGB", (96, 96))
+    moved.paste(target, (6, -4))  # drawn 6 px right, 4 px up
+    mask = np.zeros((96, 96), bool)
+    mask[30:60, 30:60] = True
+    assert locate(moved, target, mask, (30, 30, 60, 60), search=10, stride=2) == (6, -4)
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory):
+    root = tmp_path_factory.mktemp("heldout")
+    generate_dataset(root, 4, seed=1, size=128, split="heldout")
+    return root
+
+
+def test_masks_of_a_case(heldout):
+    scenes = SceneSet.load(heldout)
+    case = build_cases(scenes, 3)[0]
+    image = case.scene.images[case.sample.image]
+    masks = visible_masks(image)
+    # The visible regions partition the picture: every pixel belongs to exactly one layer.
+    total = sum(m.astype(int) for m in masks.values())
+    assert (total == 1).all()
+    for name, mask in case.revealed.items():
+        assert name in case.sample.unlocked and not (mask & ~case.visible[name]).any()
+
+
+def test_eval_end_to_end_on_tiny_models(heldout, tmp_path):
+    report = run_eval("tiny-random", "tiny-random", str(heldout), scenes=2, steps=1, guidance=None,
+                      figures=tmp_path / "figs", progress=False)
+    summary = report["summary"]
+    assert summary["cases"] == 2 and len(report["cases"]) == 2
+    case = report["cases"][0]
+    assert set(case["psnr_image"]) == {"layered", "unpruned", "collage", "vae", "paste"}
+    assert case["tokens"]["unpruned"] >= case["tokens"]["layered"]
+    assert (tmp_path / "figs" / "sprites_grid.png").is_file()
+    text = results_markdown(report, "layercomposer eval sprites ...", "a test")
+    assert "| locked-region PSNR >= 25 dB" in text and "sprites_grid.png" in text
+
+
+def test_canvas_preview_marks_locks(heldout):
+    case = build_cases(SceneSet.load(heldout), 1)[0]
+    px = np.asarray(canvas_preview(case.sample.canvas))
+    green = ((px[..., 1] > 180) & (px[..., 0] < 80) & (px[..., 2] < 120)).sum()
+    orange = ((px[..., 0] > 240) & (px[..., 1] > 130) & (px[..., 1] < 170) & (px[..., 2] < 40)).sum()
+    assert (green > 0) == any(n for n in case.sample.locked)
+    assert (orange > 0) == any(n != "background" for n in case.sample.unlocked)
