@@ -93,6 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     we.add_argument("--out", default="examples", help="output folder (default examples/)")
     we.set_defaults(func=cmd_world_examples)
 
+    srv = sub.add_parser("serve", help="start the editor (web app + API)",
+                         description="Serve the layered-canvas editor and its JSON API (docs at /docs).")
+    srv.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    srv.add_argument("--port", type=int, default=7860)
+    srv.add_argument("--model", default=None, help="model name or directory (default: demo)")
+    srv.add_argument("--outputs", default="outputs", help="folder for results and uploads (default outputs/)")
+    srv.add_argument("--token", default=None, help="require this bearer token on every API call")
+    srv.add_argument("--queue", type=int, default=8, help="most jobs waiting at once (more get 429)")
+    srv.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    srv.set_defaults(func=cmd_serve)
+
     ev = sub.add_parser("eval", help="evaluate models")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="EVAL_COMMAND")
     es = ev_sub.add_parser("sprites", help="measure against known targets on held-out sprites scenes",
@@ -244,6 +255,27 @@ def cmd_world_examples(args: argparse.Namespace) -> int:
 
     for path in make_examples(args.out):
         print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .server.app import ServerSettings, create_app
+
+    if not 1 <= args.port <= 65535:
+        raise LayerComposerError(f"--port: must be 1..65535, got {args.port}")
+    if args.queue < 1:
+        raise LayerComposerError(f"--queue: must be at least 1, got {args.queue}")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"layercomposer: warning: listening on {args.host}: other machines can reach this editor"
+              + ("" if args.token else " and there is no --token"), file=sys.stderr)
+    model = args.model or default_model()
+    settings = ServerSettings(model=model, outputs=Path(args.outputs), token=args.token, max_queue=args.queue,
+                              device=args.device)
+    print(f"layercomposer editor: http://{args.host}:{args.port}/  (model {model}, outputs {args.outputs})",
+          file=sys.stderr)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
     return 0
 
 

@@ -180,7 +180,8 @@ class Trainer:
                 self.optimizer.step()
                 self.schedule.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.detach().float().item())
+            # The logged loss is the mean over processes, so a multi-GPU log reads like a single-GPU one.
+            losses.append(self.accelerator.reduce(loss.detach().float(), reduction="mean").item())
         self.step_index += 1
         return float(np.mean(losses))
 
@@ -236,10 +237,17 @@ class Trainer:
         use_stock_attention(transformer)  # inference (batch 1) uses diffusers' stock processor
         pipe = LayerComposerPipeline(transformer, self.pipe.vae, te, self.pipe.schedule, self.pipe.guidance_scale,
                                      self.pipe.default_steps, name=self.pipe.name)
+        from diffusers.utils import logging as diffusers_logging
+
         dtype = getattr(torch, self.cfg.export_dtype)
-        pipe.to("cpu", dtype)
-        out = pipe.save_pretrained(self.cfg.run / "model")
-        pipe.to(self.accelerator.device, torch.float32)
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # casting a whole model on purpose: no per-module warning
+        try:
+            pipe.to("cpu", dtype)
+            out = pipe.save_pretrained(self.cfg.run / "model")
+            pipe.to(self.accelerator.device, torch.float32)
+        finally:
+            diffusers_logging.set_verbosity(level)
         use_padded_batch_attention(transformer)
         return out
 

@@ -1,0 +1,1 @@
+"""The editor: a FastAPI server, its job queue and the single-page app it serves."""

@@ -1,0 +1,369 @@
+"""The editor's HTTP server: a single-page app and a JSON API (FastAPI; OpenAPI docs at /docs).
+
+Every bad request gets a 4xx JSON ``{"error": "..."}`` naming the problem. Uploads are size-checked from
+the request headers before they are read, image pixels from the file header before decoding; images are
+addressed by content hash, bundles are read only from inside their zip, so nothing a request says can make
+the server read or write outside its folders. Nothing sent by a user is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import io
+import json
+import re
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, File, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field, ValidationError
+
+from .. import __version__
+from ..canvas import Canvas, LayerImage, canvas_from_dict, canvas_to_dict, load_bundle, save_bundle_bytes
+from ..conditioning import ConditioningBuilder
+from ..errors import LayerComposerError
+from .jobs import JOB_ID_PATTERN, JobManager, JobSettings, QueueFull
+from .store import ImageStore
+
+STATIC = Path(__file__).resolve().parent / "static"
+LIBRARY_SIZE = 24
+
+
+@dataclass
+class ServerSettings:
+    model: str
+    outputs: Path
+    token: str | None = None
+    max_queue: int = 8
+    max_upload_bytes: int = 64 * 1024 * 1024
+    preview_every: int = 4
+    device: str | None = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _first_error(errors: Any) -> str:
+    """One line from pydantic's error list: "settings.steps: Input should be greater than or equal to 1"."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    return f"{where or 'request'}: {first.get('msg')}"
+
+
+def authorised(request: Request) -> None:
+    """The optional bearer token: `Authorization: Bearer ...`, or `?token=...` (EventSource sends no headers)."""
+    token = request.app.state.settings.token
+    if not token:
+        return
+    header = request.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("token", "")
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise ApiError(401, "missing or wrong bearer token")
+
+
+Auth = Annotated[None, Depends(authorised)]
+
+
+class SettingsIn(BaseModel):
+    """Generation settings of a job."""
+
+    prompt: str | None = Field(default=None, max_length=2000)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    steps: int | None = Field(default=None, ge=1, le=200)
+    guidance: float | None = Field(default=None, ge=0.0, le=30.0)
+    mode: Literal["layered", "unpruned", "collage"] = "layered"
+
+
+class CanvasJobIn(BaseModel):
+    """A job from a canvas JSON whose layer images are ids returned by POST /api/images."""
+
+    canvas: dict[str, Any]
+    settings: SettingsIn = SettingsIn()
+
+
+class CanvasIn(BaseModel):
+    canvas: dict[str, Any]
+
+
+def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
+    """The FastAPI application; `load_pipeline` (for tests) replaces loading `settings.model`."""
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        jobs.shutdown()
+
+    app = FastAPI(title="layercomposer editor", version=__version__, lifespan=lifespan,
+                  description="Compose a layered canvas and render it. Images are uploaded once "
+                  "(POST /api/images) and referred to by id in canvas JSON.")
+    outputs = settings.outputs
+    store = ImageStore(outputs / "uploads")
+
+    def default_loader() -> Any:
+        import torch
+
+        from ..pipeline import LayerComposerPipeline
+
+        pipe = LayerComposerPipeline.from_pretrained(settings.model)
+        device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device != "cpu":
+            pipe.to(device, torch.bfloat16)
+        return pipe
+
+    jobs = JobManager(load_pipeline or default_loader, outputs, settings.max_queue, settings.preview_every)
+    planner, planner_lock = ConditioningBuilder(max_entries=256), threading.Lock()
+    library_cache: dict[str, bytes] = {}
+    app.state.jobs = jobs
+    app.state.settings = settings
+    app.state.store = store
+
+    # -- errors --------------------------------------------------------------------------------------------
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(QueueFull)
+    async def _queue_full(request: Request, exc: QueueFull) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=429, headers={"Retry-After": "5"})
+
+    @app.exception_handler(LayerComposerError)
+    async def _bad_input(request: Request, exc: LayerComposerError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _first_error(exc.errors())}, status_code=422)
+
+    @app.middleware("http")
+    async def _limit_size(request: Request, call_next: Any) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_upload_bytes):
+            return JSONResponse({"error": f"request body larger than {settings.max_upload_bytes >> 20} MiB"},
+                                status_code=413)
+        return await call_next(request)
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    def canvas_from_json(doc: dict[str, Any]) -> Canvas:
+        return canvas_from_dict(doc, lambda ref, where: store.get(ref, where), "canvas")
+
+    def canvas_json(canvas: Canvas) -> dict[str, Any]:
+        refs = []
+        for layer in canvas.layers:
+            image_id, _ = store.put(layer.image.data, f"layer {layer.name!r}")
+            refs.append(image_id)
+        return canvas_to_dict(canvas, refs)
+
+    async def read_upload(upload: UploadFile, what: str) -> bytes:
+        data = await upload.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise ApiError(413, f"{what}: larger than {settings.max_upload_bytes >> 20} MiB")
+        return data
+
+    def job_or_404(job_id: str) -> Any:
+        if not re.match(JOB_ID_PATTERN, job_id):
+            raise ApiError(404, f"no job {job_id!r}")
+        job = jobs.get(job_id)
+        if job is None:
+            raise ApiError(404, f"no job {job_id!r}")
+        return job
+
+    # -- pages ---------------------------------------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    # -- API -----------------------------------------------------------------------------------------------
+
+    @app.get("/api/health", tags=["server"])
+    def health() -> dict[str, Any]:
+        """Server, model and queue state."""
+        pipe = jobs.pipeline
+        return {"status": "ok" if jobs.pipeline_error is None else "error", "version": __version__,
+                "model": settings.model, "model_ready": jobs.ready, "model_error": jobs.pipeline_error,
+                "queued": jobs.queued(), "max_queue": settings.max_queue, "auth": bool(settings.token),
+                "defaults": {"steps": pipe.default_steps, "guidance": pipe.guidance_scale} if pipe else None}
+
+    @app.post("/api/images", tags=["canvas"])
+    async def upload_image(_: Auth, file: Annotated[UploadFile, File(description="PNG, WebP, JPEG...")]) -> dict:
+        """Store an image (checked: an image, at most 40 MP); returns its id for canvas JSON."""
+        data = await read_upload(file, f"image {file.filename!r}")
+        image_id, image = store.put(data, f"image {file.filename!r}")
+        w, h = image.size
+        return {"id": image_id, "width": w, "height": h, "url": f"/api/images/{image_id}"}
+
+    @app.get("/api/images/{image_id}", tags=["canvas"])
+    def get_image(_: Auth, image_id: str) -> FileResponse:
+        path = store.path(image_id)
+        if not path.is_file():
+            raise ApiError(404, f"no image {image_id!r}")
+        return FileResponse(path, headers={"Cache-Control": "max-age=31536000, immutable"})
+
+    @app.post("/api/tokens", tags=["canvas"])
+    def tokens(_: Auth, body: CanvasIn) -> dict[str, Any]:
+        """Conditioning token statistics of a canvas (the code of `layercomposer tokens`)."""
+        canvas = canvas_from_json(body.canvas)
+        with planner_lock:
+            return planner.plan(canvas, "layered").as_dict()
+
+    @app.post("/api/bundle", tags=["canvas"])
+    def bundle(_: Auth, body: CanvasIn) -> Response:
+        """The canvas as an `.lcz` bundle (save project)."""
+        data = save_bundle_bytes(canvas_from_json(body.canvas))
+        return Response(data, media_type="application/zip",
+                        headers={"Content-Disposition": 'attachment; filename="canvas.lcz"'})
+
+    @app.post("/api/open", tags=["canvas"])
+    async def open_bundle(_: Auth, bundle: Annotated[UploadFile, File(description=".lcz bundle")]) -> dict:
+        """Read an `.lcz` bundle; returns its canvas JSON with the images stored and referred to by id."""
+        canvas = load_bundle(await read_upload(bundle, "bundle"), f"bundle {bundle.filename!r}")
+        return {"canvas": canvas_json(canvas)}
+
+    @app.post("/api/jobs", status_code=202, tags=["jobs"])
+    async def create_job(_: Auth, request: Request) -> dict[str, Any]:
+        """Queue a generation. JSON body: {"canvas": {...image ids...}, "settings": {...}}; or multipart with
+        `bundle` (.lcz), or `canvas` (JSON) plus `files` (the images it names), and optional `settings` (JSON).
+        """
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("application/json"):
+            try:
+                body = CanvasJobIn.model_validate(await request.json())
+            except ValidationError as exc:
+                raise ApiError(422, _first_error(exc.errors())) from None
+            except ValueError:
+                raise ApiError(400, "request: body is not valid JSON") from None
+            canvas, job_settings = canvas_from_json(body.canvas), body.settings
+        elif kind.startswith("multipart/form-data"):
+            canvas, job_settings = await _multipart_job(request)
+        else:
+            raise ApiError(415, "send JSON or multipart/form-data")
+        job = jobs.submit(canvas, JobSettings(**job_settings.model_dump()))
+        return job.summary() | {"position": jobs.queued()}
+
+    async def _multipart_job(request: Request) -> tuple[Canvas, SettingsIn]:
+        form = await request.form(max_files=200, max_fields=50)
+        raw_settings = form.get("settings")
+        try:
+            job_settings = SettingsIn.model_validate(json.loads(raw_settings) if isinstance(raw_settings, str)
+                                                     else {})
+        except ValidationError as exc:
+            raise ApiError(422, "settings." + _first_error(exc.errors())) from None
+        except ValueError:
+            raise ApiError(400, "settings: not valid JSON") from None
+        upload = form.get("bundle")
+        if upload is not None and not isinstance(upload, str):
+            return load_bundle(await read_upload(upload, "bundle"), f"bundle {upload.filename!r}"), job_settings
+        doc = form.get("canvas")
+        if not isinstance(doc, str):
+            raise ApiError(400, "multipart job: send a `bundle` file, or a `canvas` JSON field with `files`")
+        try:
+            parsed = json.loads(doc)
+        except json.JSONDecodeError as exc:
+            raise ApiError(400, f"canvas: not valid JSON ({exc.msg})") from None
+        files = {}
+        for item in form.getlist("files"):
+            if isinstance(item, str):
+                continue
+            files[item.filename or ""] = await read_upload(item, f"file {item.filename!r}")
+
+        def resolve(ref: str, where: str) -> LayerImage:
+            if ref not in files:
+                raise ApiError(400, f"{where}: no uploaded file of that name")
+            return LayerImage.from_bytes(files[ref], where, source_name=ref)
+
+        return canvas_from_dict(parsed, resolve, "canvas"), job_settings
+
+    @app.get("/api/jobs", tags=["jobs"])
+    def list_jobs(_: Auth) -> list[dict[str, Any]]:
+        """Every job, newest first (finished ones survive a restart)."""
+        return jobs.history()
+
+    @app.get("/api/jobs/{job_id}", tags=["jobs"])
+    def get_job(_: Auth, job_id: str) -> dict[str, Any]:
+        return job_or_404(job_id).summary()
+
+    @app.post("/api/jobs/{job_id}/cancel", tags=["jobs"])
+    def cancel_job(_: Auth, job_id: str) -> dict[str, Any]:
+        job_or_404(job_id)
+        return jobs.cancel(job_id).summary()
+
+    @app.get("/api/jobs/{job_id}/events", tags=["jobs"])
+    def job_events(_: Auth, request: Request, job_id: str) -> StreamingResponse:
+        """Server-sent events: queued, started, step (with a preview every few steps), done | failed | cancelled."""
+        job_or_404(job_id)
+        last = request.headers.get("last-event-id", "")
+        since = int(last) + 1 if last.isdigit() else 0
+
+        def stream() -> Any:
+            yield "retry: 1000\n\n"
+            for event in jobs.events(job_id, since):
+                if event is None:
+                    yield ": keep-alive\n\n"
+                    continue
+                yield f"id: {event['id']}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get("/api/jobs/{job_id}/result.png", tags=["jobs"])
+    def job_result(_: Auth, job_id: str) -> FileResponse:
+        job = job_or_404(job_id)
+        if job.status != "done":
+            raise ApiError(409, f"job {job_id} is {job.status}, not done")
+        return FileResponse(jobs.result_path(job_id), media_type="image/png",
+                            filename=f"layercomposer-{job_id}.png", content_disposition_type="inline")
+
+    @app.get("/api/jobs/{job_id}/canvas.lcz", tags=["jobs"])
+    def job_bundle(_: Auth, job_id: str) -> FileResponse:
+        job = job_or_404(job_id)
+        if job.status != "done":
+            raise ApiError(409, f"job {job_id} is {job.status}, not done")
+        return FileResponse(jobs.bundle_path(job_id), media_type="application/zip", filename=f"{job_id}.lcz")
+
+    @app.get("/api/jobs/{job_id}/canvas", tags=["jobs"])
+    def job_canvas(_: Auth, job_id: str) -> dict[str, Any]:
+        """The canvas and settings that made a finished job (to restore them in the editor)."""
+        job = job_or_404(job_id)
+        if job.status != "done":
+            raise ApiError(409, f"job {job_id} is {job.status}, not done")
+        canvas = load_bundle(jobs.bundle_path(job_id).read_bytes(), f"job {job_id}")
+        return {"canvas": canvas_json(canvas), "settings": asdict(job.settings)}
+
+    @app.get("/api/library", tags=["canvas"])
+    def library(_: Auth) -> list[dict[str, Any]]:
+        """Sprites of held-out identities (never seen in training), to compose with."""
+        from ..world import describe, heldout_indices, identity_from_index, identity_id
+
+        return [{"id": identity_id(i), "description": describe(identity_from_index(i)),
+                 "url": f"/api/library/{identity_id(i)}.png"} for i in heldout_indices()[:LIBRARY_SIZE]]
+
+    @app.get("/api/library/{sprite}.png", tags=["canvas"])
+    def library_sprite(_: Auth, sprite: str) -> Response:
+        from ..world import index_from_id, is_held_out, render_sprite
+
+        if not re.match(r"^c\d{5}$", sprite) or not is_held_out(index_from_id(sprite)):
+            raise ApiError(404, f"no library sprite {sprite!r}")
+        if sprite not in library_cache:
+            from ..world import identity_from_index
+
+            buf = io.BytesIO()
+            render_sprite(identity_from_index(index_from_id(sprite)), size=96).save(buf, format="PNG")
+            library_cache[sprite] = buf.getvalue()
+        return Response(library_cache[sprite], media_type="image/png",
+                        headers={"Cache-Control": "max-age=86400"})
+
+    return app

@@ -1,0 +1,465 @@
+// The editor page: wires the state, the canvas view, the panels and the job API together.
+
+import { api } from "./api.js";
+import { EditorState, emptyCanvas } from "./state.js";
+import { CanvasView } from "./view.js";
+
+const $ = (id) => document.getElementById(id);
+const state = new EditorState();
+const view = new CanvasView($("canvas"), state);
+let tokenStats = null;
+
+// Inline SVG icons: they render the same everywhere (no emoji font needed).
+const ICONS = {
+  locked: '<svg viewBox="0 0 24 24" aria-hidden="true"><rect x="5" y="11" width="14" height="10" rx="2"/><path d="M8 11V7a4 4 0 0 1 8 0v4"/></svg>',
+  unlocked: '<svg viewBox="0 0 24 24" aria-hidden="true"><rect x="5" y="11" width="14" height="10" rx="2"/><path d="M8 11V7a4 4 0 0 1 7.5-2"/></svg>',
+  eye: '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M2 12s4-7 10-7 10 7 10 7-4 7-10 7S2 12 2 12z"/><circle cx="12" cy="12" r="3"/></svg>',
+  hidden: '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M2 12s4-7 10-7 10 7 10 7-4 7-10 7S2 12 2 12z"/><path d="M4 20L20 4"/></svg>',
+};
+let currentJob = null;
+
+// -- helpers ---------------------------------------------------------------------------------------------
+
+function status(element, text, error = false) {
+  element.textContent = text;
+  element.classList.toggle("error", error);
+}
+
+function debounce(fn, ms) {
+  let timer = null;
+  return (...args) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => fn(...args), ms);
+  };
+}
+
+async function addImageFile(file, { background = false, at = null } = {}) {
+  const info = await api.uploadImage(file, file.name || "image.png");
+  const name = state.uniqueName(background ? "background" : file.name || "layer");
+  const layer = { name, image: info.id, locked: background, visible: true };
+  if (background) {
+    layer.kind = "background";
+  } else {
+    // Fit into about 40% of the canvas, centred (or at a given point).
+    const { width, height } = state.canvas;
+    const scale = Math.min(1, (0.4 * Math.min(width, height)) / Math.max(info.width, info.height));
+    const cx = at ? at[0] : width / 2;
+    const cy = at ? at[1] : height / 2;
+    Object.assign(layer, {
+      scale: Math.round(scale * 1000) / 1000, rotation: 0,
+      x: Math.round(cx - (info.width * scale) / 2), y: Math.round(cy - (info.height * scale) / 2),
+    });
+  }
+  state.addLayer(layer, { background });
+}
+
+// -- layer list ------------------------------------------------------------------------------------------
+
+function renderLayers() {
+  const list = $("layer-list");
+  list.replaceChildren();
+  const perLayer = new Map((tokenStats?.layers || []).map((l) => [l.name, l.tokens]));
+  const layers = [...state.canvas.layers].reverse(); // front first, like an image editor
+  for (const layer of layers) {
+    const li = document.createElement("li");
+    li.dataset.name = layer.name;
+    li.draggable = layer.kind !== "background";
+    li.classList.toggle("selected", layer.name === state.selected);
+    li.classList.toggle("hidden-layer", layer.visible === false);
+    const thumb = document.createElement("img");
+    thumb.src = api.imageUrl(layer.image);
+    thumb.alt = "";
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = layer.kind === "background" ? `${layer.name} (background)` : layer.name;
+    name.title = "double-click to rename";
+    name.addEventListener("dblclick", () => rename(layer.name));
+    const tokens = document.createElement("span");
+    tokens.className = "tokens";
+    tokens.textContent = perLayer.has(layer.name) ? `${perLayer.get(layer.name)} tok` : "";
+    const lock = document.createElement("button");
+    lock.className = "lock";
+    lock.innerHTML = layer.locked ? ICONS.locked : ICONS.unlocked;
+    lock.title = layer.locked ? "locked: kept exactly (click to unlock)" : "unlocked: adapts to the scene (click to lock)";
+    lock.setAttribute("aria-pressed", String(!!layer.locked));
+    lock.setAttribute("aria-label", `lock ${layer.name}`);
+    lock.addEventListener("click", (e) => {
+      e.stopPropagation();
+      state.update(layer.name, { locked: !layer.locked });
+    });
+    const eye = document.createElement("button");
+    eye.className = "eye";
+    eye.innerHTML = layer.visible === false ? ICONS.hidden : ICONS.eye;
+    eye.title = "show / hide";
+    eye.setAttribute("aria-pressed", String(layer.visible !== false));
+    eye.setAttribute("aria-label", `visibility ${layer.name}`);
+    eye.addEventListener("click", (e) => {
+      e.stopPropagation();
+      state.update(layer.name, { visible: layer.visible === false });
+    });
+    li.append(thumb, name, tokens, lock, eye);
+    li.addEventListener("click", () => {
+      state.selected = layer.name;
+      state.changed("selection");
+    });
+    li.addEventListener("dragstart", (e) => e.dataTransfer.setData("text/x-layer", layer.name));
+    li.addEventListener("dragover", (e) => {
+      e.preventDefault();
+      li.classList.add("drop-target");
+    });
+    li.addEventListener("dragleave", () => li.classList.remove("drop-target"));
+    li.addEventListener("drop", (e) => {
+      e.preventDefault();
+      li.classList.remove("drop-target");
+      const dragged = e.dataTransfer.getData("text/x-layer");
+      if (dragged && dragged !== layer.name) state.move(dragged, state.index(layer.name));
+    });
+    list.append(li);
+  }
+}
+
+function rename(oldName) {
+  const name = prompt("Layer name", oldName);
+  if (!name || name === oldName) return;
+  if (state.layer(name)) {
+    alert(`A layer named "${name}" already exists.`);
+    return;
+  }
+  state.update(oldName, { name });
+}
+
+function renderProperties() {
+  const layer = state.selected && state.layer(state.selected);
+  $("properties").hidden = !layer;
+  if (!layer) return;
+  const fields = { "prop-name": layer.name, "prop-x": layer.x ?? 0, "prop-y": layer.y ?? 0, "prop-scale": layer.scale ?? 1, "prop-rotation": layer.rotation ?? 0 };
+  for (const [id, value] of Object.entries(fields)) {
+    if (document.activeElement !== $(id)) $(id).value = value;
+  }
+  for (const id of ["prop-x", "prop-y", "prop-scale", "prop-rotation"]) $(id).disabled = layer.kind === "background";
+  $("prop-locked").checked = !!layer.locked;
+}
+
+function bindProperties() {
+  const numeric = { "prop-x": "x", "prop-y": "y", "prop-scale": "scale", "prop-rotation": "rotation" };
+  for (const [id, field] of Object.entries(numeric)) {
+    $(id).addEventListener("change", () => {
+      const value = Number($(id).value);
+      if (!Number.isFinite(value) || (field === "scale" && value <= 0)) return renderProperties();
+      state.update(state.selected, { [field]: value });
+    });
+  }
+  $("prop-name").addEventListener("change", () => {
+    const name = $("prop-name").value.trim();
+    if (name && !state.layer(name)) state.update(state.selected, { name });
+    else renderProperties();
+  });
+  $("prop-locked").addEventListener("change", () => state.update(state.selected, { locked: $("prop-locked").checked }));
+}
+
+// -- token budget ----------------------------------------------------------------------------------------
+
+const refreshTokens = debounce(async () => {
+  if (!state.canvas.layers.length) {
+    tokenStats = null;
+    $("token-budget").textContent = `tokens: 0 (grid ${state.canvas.height >> 4}×${state.canvas.width >> 4})`;
+    renderLayers();
+    return;
+  }
+  try {
+    tokenStats = await api.tokens(state.document());
+    $("token-budget").textContent = `tokens: ${tokenStats.total} kept · ${tokenStats.unpruned_total} unpruned · grid ${tokenStats.grid[0]}×${tokenStats.grid[1]}`;
+    $("token-budget").title = `Kept conditioning tokens after transparent latent pruning (${tokenStats.total}); every cell of every layer would be ${tokenStats.unpruned_total}; a flattened collage ${tokenStats.collage_total}.`;
+  } catch (err) {
+    tokenStats = null;
+    $("token-budget").textContent = `tokens: ${err.message}`;
+  }
+  renderLayers();
+}, 250);
+
+// -- generation ------------------------------------------------------------------------------------------
+
+function readSettings() {
+  const s = state.settings;
+  s.randomSeed = $("random-seed").checked;
+  if (s.randomSeed) {
+    s.seed = Math.floor(Math.random() * 2 ** 31);
+    $("seed").value = s.seed;
+  } else {
+    s.seed = Math.max(0, Math.floor(Number($("seed").value) || 0));
+  }
+  s.steps = Math.max(1, Math.min(200, Math.floor(Number($("steps").value) || 28)));
+  const g = $("guidance").value.trim();
+  s.guidance = g === "" ? null : Number(g);
+  s.mode = $("mode").value;
+  state.canvas.prompt = $("prompt").value;
+  state.save();
+  return { prompt: state.canvas.prompt, seed: s.seed, steps: s.steps, guidance: s.guidance, mode: s.mode };
+}
+
+async function generate() {
+  const settings = readSettings();
+  $("generate").disabled = true;
+  status($("job-status"), "queued…");
+  $("progress").value = 0;
+  try {
+    const job = await api.createJob(state.document(), settings);
+    follow(job.id);
+  } catch (err) {
+    status($("job-status"), err.message, true);
+    $("generate").disabled = false;
+  }
+}
+
+function follow(id) {
+  currentJob = id;
+  $("cancel").disabled = false;
+  const source = api.events(id);
+  const end = () => {
+    source.close();
+    currentJob = null;
+    $("cancel").disabled = true;
+    $("generate").disabled = false;
+    $("preview").hidden = true;
+  };
+  source.addEventListener("queued", (e) => status($("job-status"), `queued (position ${JSON.parse(e.data).position})`));
+  source.addEventListener("started", () => status($("job-status"), "generating…"));
+  source.addEventListener("step", (e) => {
+    const d = JSON.parse(e.data);
+    $("progress").value = d.step / d.total;
+    status($("job-status"), `step ${d.step} / ${d.total}`);
+    if (d.preview) {
+      $("preview").src = d.preview;
+      $("preview").hidden = false;
+    }
+  });
+  source.addEventListener("done", (e) => {
+    const d = JSON.parse(e.data);
+    end();
+    $("progress").value = 1;
+    status($("job-status"), `done: ${d.stats.tokens} condition tokens, ${d.stats.seconds.sample.toFixed(1)} s sampling`);
+    showResult(d.id);
+    refreshHistory();
+  });
+  source.addEventListener("failed", (e) => {
+    end();
+    status($("job-status"), `failed: ${JSON.parse(e.data).error}`, true);
+  });
+  source.addEventListener("cancelled", () => {
+    end();
+    status($("job-status"), "cancelled");
+  });
+}
+
+function showResult(id) {
+  const url = api.resultUrl(id);
+  $("result").src = url;
+  $("result").hidden = false;
+  $("result").dataset.job = id;
+  $("download").href = url;
+  $("download").download = `layercomposer-${id}.png`;
+  $("download").hidden = false;
+}
+
+async function refreshHistory() {
+  let jobs = [];
+  try {
+    jobs = (await api.jobs()).filter((j) => j.status === "done");
+  } catch { return; }
+  const list = $("history");
+  list.replaceChildren();
+  for (const job of jobs.slice(0, 30)) {
+    const li = document.createElement("li");
+    li.dataset.job = job.id;
+    li.title = `${job.settings.prompt || "(no prompt)"}\nseed ${job.settings.seed}, ${job.total} steps, ${job.settings.mode}\nclick to restore this canvas and its settings`;
+    const img = document.createElement("img");
+    img.src = api.resultUrl(job.id);
+    img.alt = "";
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    meta.textContent = `seed ${job.settings.seed}`;
+    li.append(img, meta);
+    li.addEventListener("click", () => restore(job.id));
+    list.append(li);
+  }
+}
+
+async function restore(id) {
+  try {
+    const { canvas, settings } = await api.jobCanvas(id);
+    state.reset(canvas);
+    Object.assign(state.settings, { seed: settings.seed, randomSeed: false, steps: settings.steps ?? state.settings.steps,
+      guidance: settings.guidance, mode: settings.mode });
+    if (settings.prompt !== null && settings.prompt !== undefined) state.canvas.prompt = settings.prompt;
+    state.changed("settings");
+    showResult(id);
+  } catch (err) {
+    status($("job-status"), err.message, true);
+  }
+}
+
+// -- toolbar ---------------------------------------------------------------------------------------------
+
+function renderSettings() {
+  const s = state.settings;
+  $("prompt").value = state.canvas.prompt || "";
+  $("seed").value = s.seed;
+  $("random-seed").checked = s.randomSeed;
+  $("steps").value = s.steps;
+  $("guidance").value = s.guidance ?? "";
+  $("mode").value = s.mode === "collage" ? "collage" : "layered";
+  $("show-grid").checked = state.showGrid;
+  const size = `${state.canvas.width}x${state.canvas.height}`;
+  const preset = [...$("size-preset").options].some((o) => o.value === size) ? size : "custom";
+  $("size-preset").value = preset;
+  if (document.activeElement !== $("canvas-width")) $("canvas-width").value = state.canvas.width;
+  if (document.activeElement !== $("canvas-height")) $("canvas-height").value = state.canvas.height;
+  $("undo").disabled = !state.undoStack.length;
+  $("redo").disabled = !state.redoStack.length;
+}
+
+function bindToolbar() {
+  $("new-project").addEventListener("click", () => state.reset(emptyCanvas(state.canvas.width, state.canvas.height)));
+  $("open-project").addEventListener("change", async (e) => {
+    const file = e.target.files[0];
+    e.target.value = "";
+    if (!file) return;
+    try {
+      const { canvas } = await api.openBundle(file);
+      state.reset(canvas);
+      state.changed("settings");
+    } catch (err) {
+      status($("job-status"), err.message, true);
+    }
+  });
+  $("save-project").addEventListener("click", async () => {
+    try {
+      const blob = await api.bundle(state.document());
+      const a = document.createElement("a");
+      a.href = URL.createObjectURL(blob);
+      a.download = "canvas.lcz";
+      a.click();
+      setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+    } catch (err) {
+      status($("job-status"), err.message, true);
+    }
+  });
+  $("undo").addEventListener("click", () => state.undo());
+  $("redo").addEventListener("click", () => state.redo());
+  $("size-preset").addEventListener("change", () => {
+    const value = $("size-preset").value;
+    if (value === "custom") return $("canvas-width").focus();
+    const [w, h] = value.split("x").map(Number);
+    state.setSize(w, h);
+  });
+  for (const id of ["canvas-width", "canvas-height"]) {
+    $(id).addEventListener("change", () => {
+      const w = Math.max(64, Math.min(4096, Math.round(Number($("canvas-width").value) || 256)));
+      const h = Math.max(64, Math.min(4096, Math.round(Number($("canvas-height").value) || 256)));
+      state.setSize(w, h);
+    });
+  }
+  $("show-grid").addEventListener("change", () => {
+    state.showGrid = $("show-grid").checked;
+    state.changed("view");
+  });
+  $("add-image").addEventListener("change", async (e) => {
+    const files = [...e.target.files];
+    e.target.value = "";
+    for (const file of files) {
+      try {
+        await addImageFile(file);
+      } catch (err) {
+        status($("job-status"), `${file.name}: ${err.message}`, true);
+      }
+    }
+  });
+  $("add-background").addEventListener("change", async (e) => {
+    const file = e.target.files[0];
+    e.target.value = "";
+    if (file) {
+      try {
+        await addImageFile(file, { background: true });
+      } catch (err) {
+        status($("job-status"), `${file.name}: ${err.message}`, true);
+      }
+    }
+  });
+  for (const [id, how] of [["to-front", "front"], ["forward", "forward"], ["backward", "backward"], ["to-back", "back"]]) {
+    $(id).addEventListener("click", () => state.selected && state.zorder(state.selected, how));
+  }
+  $("duplicate").addEventListener("click", () => state.selected && state.duplicate(state.selected));
+  $("delete").addEventListener("click", () => state.selected && state.remove(state.selected));
+  $("generate").addEventListener("click", generate);
+  $("cancel").addEventListener("click", () => currentJob && api.cancel(currentJob));
+  $("prompt").addEventListener("change", () => {
+    state.canvas.prompt = $("prompt").value;
+    state.save();
+  });
+  for (const id of ["seed", "steps", "guidance", "mode", "random-seed"]) $(id).addEventListener("change", readSettings);
+  document.addEventListener("keydown", (e) => {
+    if (e.target.closest("input, textarea, select")) return;
+    if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "z") {
+      e.preventDefault();
+      e.shiftKey ? state.redo() : state.undo();
+    } else if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "y") {
+      e.preventDefault();
+      state.redo();
+    }
+  });
+}
+
+async function loadLibrary() {
+  let items = [];
+  try {
+    items = await api.library();
+  } catch { return; }
+  const box = $("library");
+  for (const item of items) {
+    const button = document.createElement("button");
+    button.title = `${item.id}: ${item.description}`;
+    button.dataset.sprite = item.id;
+    const img = document.createElement("img");
+    img.src = item.url;
+    img.alt = item.description;
+    button.append(img);
+    button.addEventListener("click", async () => {
+      const blob = await (await fetch(img.src)).blob();
+      await addImageFile(new File([blob], `${item.id}.png`, { type: "image/png" }));
+    });
+    box.append(button);
+  }
+}
+
+async function checkServer() {
+  try {
+    const h = await api.health();
+    status($("server-status"), h.model_ready ? `model: ${h.model}` : h.model_error ? `model failed: ${h.model_error}` : `loading ${h.model}…`, !!h.model_error);
+    if (!h.model_ready && !h.model_error) setTimeout(checkServer, 1000);
+  } catch (err) {
+    status($("server-status"), err.status === 401 ? "open the page with ?token=… (the server asks for one)" : `server: ${err.message}`, true);
+  }
+}
+
+// -- start -----------------------------------------------------------------------------------------------
+
+state.addEventListener("change", (e) => {
+  view.draw();
+  renderProperties();
+  renderSettings();
+  if (e.detail === "drag") return; // the list and the budget follow when the drag ends
+  renderLayers();
+  if (e.detail === "canvas" || e.detail === "settings") refreshTokens();
+});
+
+bindToolbar();
+bindProperties();
+renderSettings();
+renderProperties();
+renderLayers();
+view.draw();
+refreshTokens();
+refreshHistory();
+loadLibrary();
+checkServer();
+window.layercomposer = { state, view }; // for the console (and the browser tests)

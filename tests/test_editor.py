@@ -1,0 +1,222 @@
+"""The editor in a real browser: Playwright driving Debian's Chromium against a real uvicorn server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+if not os.path.exists(CHROMIUM):
+    if os.environ.get("CI"):
+        raise RuntimeError("CI must install Debian's chromium (see .ci/run)")
+    pytest.skip("Debian chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import uvicorn
+
+    from layercomposer.pipeline import LayerComposerPipeline
+    from layercomposer.server.app import ServerSettings, create_app
+
+    pipe = LayerComposerPipeline.from_pretrained("tiny-random")
+    outputs = tmp_path_factory.mktemp("outputs")
+    app = create_app(ServerSettings(model="tiny-random", outputs=outputs), load_pipeline=lambda: pipe)
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def images(tmp_path):
+    paths = []
+    for name, colour, size in (("red.png", (220, 30, 30, 255), (40, 60)), ("blue.png", (30, 60, 220, 255), (50, 30))):
+        im = Image.new("RGBA", size, (0, 0, 0, 0))
+        im.paste(Image.new("RGBA", (size[0] - 4, size[1] - 4), colour), (2, 2))
+        im.save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    return paths
+
+
+def doc(page) -> dict:
+    return json.loads(page.evaluate("JSON.stringify(window.layercomposer.state.document())"))
+
+
+def canvas_to_screen(page, x: float, y: float) -> tuple[float, float]:
+    box = page.locator("#canvas").bounding_box()
+    width = doc(page)["width"]
+    zoom = box["width"] / width
+    return box["x"] + x * zoom, box["y"] + y * zoom
+
+
+def test_compose_lock_reorder_generate_save_and_reload(server, browser, images, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server + "/")
+    page.wait_for_function("window.layercomposer !== undefined")
+
+    # 1. Two image layers, added through the file picker.
+    page.set_input_files("#add-image", images)
+    page.wait_for_function("window.layercomposer.state.canvas.layers.length === 2")
+    page.wait_for_function("[...document.querySelectorAll('#layer-list img')].every(i => i.complete)")
+    page.wait_for_function("document.getElementById('token-budget').textContent.includes('kept')")
+    red, blue = doc(page)["layers"]
+    assert (red["name"], blue["name"]) == ("red", "blue")
+    # Fitted into 40% of the 256 px canvas, centred: red 40x60 keeps scale 1 at (108, 98).
+    assert (red["x"], red["y"], red["scale"]) == (108, 98, 1)
+
+    # 2. Drag the red layer by (+30, -20) canvas px; blue is on top, so grab red where blue is not.
+    page.locator("#layer-list li[data-name='red']").click()
+    start = canvas_to_screen(page, red["x"] + 20, red["y"] + 5)
+    end = canvas_to_screen(page, red["x"] + 50, red["y"] - 15)
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move(*end, steps=8)
+    page.mouse.up()
+    moved = doc(page)["layers"][0]
+    # Screen pixels are whole, canvas pixels are 1/zoom of them: within one canvas pixel.
+    assert abs(moved["x"] - (red["x"] + 30)) <= 1 and abs(moved["y"] - (red["y"] - 20)) <= 1
+    assert page.input_value("#prop-x") == str(moved["x"])
+
+    # 3. Scale the blue layer with its bottom-right handle: centre (128, 128), corner at (+25, +15);
+    #    dragging the corner to twice its distance from the centre doubles the scale, centre fixed.
+    page.locator("#layer-list li[data-name='blue']").click()
+    b = doc(page)["layers"][1]
+    cx, cy = b["x"] + 25, b["y"] + 15
+    page.mouse.move(*canvas_to_screen(page, b["x"] + 50, b["y"] + 30))
+    page.mouse.down()
+    page.mouse.move(*canvas_to_screen(page, cx + 50, cy + 30), steps=8)
+    page.mouse.up()
+    scaled = doc(page)["layers"][1]
+    assert scaled["scale"] == pytest.approx(2.0, abs=0.02)
+    assert scaled["x"] + 50 * scaled["scale"] / 2 == pytest.approx(cx, abs=0.6)
+
+    # 4. Lock the red layer: the list button says so and the padlock is drawn on the canvas.
+    page.locator("button[aria-label='lock red']").click()
+    assert page.get_attribute("button[aria-label='lock red']", "aria-pressed") == "true"
+    assert doc(page)["layers"][0]["locked"] is True
+    r = doc(page)["layers"][0]
+    lock_px = page.evaluate(
+        """([x, y]) => { const c = document.getElementById('canvas');
+             const k = c.width / window.layercomposer.state.canvas.width;
+             return Array.from(c.getContext('2d').getImageData(Math.round(x * k), Math.round(y * k), 1, 1).data); }""",
+        [r["x"] + 2 + 7 / _zoom(page), r["y"] + 2 + 10 / _zoom(page)],
+    )
+    assert lock_px[1] > 150 and lock_px[0] < 120  # the padlock's green
+
+    # 5. Reorder: drag the red row (back) above the blue row (front) in the list.
+    page.locator("#layer-list li[data-name='red']").drag_to(page.locator("#layer-list li[data-name='blue']"))
+    assert [layer["name"] for layer in doc(page)["layers"]] == ["blue", "red"]
+    assert page.locator("#layer-list li").first.get_attribute("data-name") == "red"  # front is listed first
+
+    # 6. Generate: the result picture appears, and the history lists it.
+    page.fill("#prompt", "two sprites in a meadow")
+    page.fill("#steps", "4")
+    page.locator("#random-seed").uncheck()
+    page.fill("#seed", "5")
+    page.locator("#generate").click()
+    page.wait_for_function("document.getElementById('result').naturalWidth === 256", timeout=60_000)
+    assert not page.locator("#result").is_hidden()
+    page.wait_for_selector("#history li")
+    assert "done" in page.inner_text("#job-status")
+
+    # 7. Save the project: the downloaded .lcz is the same canvas.
+    with page.expect_download() as info:
+        page.locator("#save-project").click()
+    saved = tmp_path / "project.lcz"
+    info.value.save_as(saved)
+    from layercomposer.canvas import load_canvas
+
+    project = load_canvas(saved)
+    before = doc(page)
+    assert [(la.name, la.locked, la.x, la.y, la.scale) for la in project.layers] == [
+        (la["name"], la["locked"], la["x"], la["y"], la["scale"]) for la in before["layers"]
+    ]
+    assert project.prompt == "two sprites in a meadow"
+
+    # 8. Reload: the same canvas comes back.
+    page.reload()
+    page.wait_for_function("window.layercomposer !== undefined")
+    assert doc(page) == before
+    assert page.locator("#layer-list li").count() == 2
+    assert errors == []
+    page.close()
+
+
+def _zoom(page) -> float:
+    box = page.locator("#canvas").bounding_box()
+    return box["width"] / doc(page)["width"]
+
+
+def test_arrow_keys_undo_and_bad_upload(server, browser, images):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(server + "/")
+    page.wait_for_function("window.layercomposer !== undefined")
+    page.locator("#new-project").click()
+    page.set_input_files("#add-image", images[:1])
+    page.wait_for_function("window.layercomposer.state.canvas.layers.length === 1")
+    x0 = doc(page)["layers"][0]["x"]
+    page.locator("#canvas").focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Shift+ArrowRight")
+    assert doc(page)["layers"][0]["x"] == x0 + 11
+    page.locator("#undo").click()
+    assert doc(page)["layers"][0]["x"] == x0 + 1
+    # A file that is not an image gets the server's one-line error, and nothing is added.
+    bad = Path(images[0]).with_name("notes.png")
+    bad.write_text("not an image")
+    page.set_input_files("#add-image", str(bad))
+    page.wait_for_function("document.getElementById('job-status').textContent.includes('not an image')")
+    assert len(doc(page)["layers"]) == 1
+    page.close()
+
+
+def test_screenshot_is_a_real_render(server, browser, images, tmp_path):
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    page.goto(server + "/")
+    page.wait_for_function("window.layercomposer !== undefined")
+    page.locator("#new-project").click()
+    page.set_input_files("#add-image", images[:1])
+    page.wait_for_function("window.layercomposer.state.canvas.layers.length === 1")
+    shot = Image.open(io.BytesIO(page.locator("#canvas").screenshot()))
+    # The red layer is drawn in the middle of the canvas view.
+    r, g, b_, *_ = shot.getpixel((shot.width // 2, shot.height // 2))
+    assert r > 180 and g < 80 and b_ < 80
+    page.close()

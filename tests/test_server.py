@@ -1,0 +1,261 @@
+"""The editor's HTTP API (FastAPI TestClient, real tiny-random pipeline): jobs, events, cancel, 429, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from layercomposer.server.app import ServerSettings, create_app
+
+
+def png(w: int = 24, h: int = 24, rgba=(220, 40, 40, 255)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGBA", (w, h), rgba).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from layercomposer.pipeline import LayerComposerPipeline
+
+    return LayerComposerPipeline.from_pretrained("tiny-random")
+
+
+def make_client(tmp_path, pipe, **kw) -> TestClient:
+    settings = ServerSettings(model="tiny-random", outputs=tmp_path / "outputs", **kw)
+    return TestClient(create_app(settings, load_pipeline=lambda: pipe))
+
+
+def wait_done(client: TestClient, job_id: str, timeout: float = 60) -> dict:
+    end = time.time() + timeout
+    while time.time() < end:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["status"] in ("done", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError("job did not finish")
+
+
+def canvas_doc(image_id: str, **over) -> dict:
+    doc = {"version": 1, "width": 64, "height": 64, "prompt": "a red sprite",
+           "layers": [{"name": "a", "image": image_id, "x": 16, "y": 16, "locked": True}]}
+    doc.update(over)
+    return doc
+
+
+@pytest.fixture
+def client(tmp_path, pipe):
+    with make_client(tmp_path, pipe) as c:
+        yield c
+
+
+def upload(client: TestClient, data: bytes | None = None, name: str = "a.png") -> dict:
+    r = client.post("/api/images", files={"file": (name, data or png(), "image/png")})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_health_and_page(client):
+    for _ in range(100):
+        health = client.get("/api/health").json()
+        if health["model_ready"]:
+            break
+        time.sleep(0.05)
+    assert health["status"] == "ok" and health["model"] == "tiny-random" and health["model_ready"]
+    page = client.get("/")
+    assert page.status_code == 200 and '<canvas id="canvas"' in page.text
+    assert client.get("/static/js/main.js").status_code == 200
+    assert "/api/jobs" in client.get("/openapi.json").json()["paths"]
+
+
+def test_images_are_content_addressed(client):
+    a, b = upload(client), upload(client)
+    assert a["id"] == b["id"] and a["id"].endswith(".png") and (a["width"], a["height"]) == (24, 24)
+    assert client.get(a["url"]).content == png()
+
+
+def test_token_statistics_match_the_cli_rule(client):
+    info = upload(client, png(32, 32))
+    stats = client.post("/api/tokens", json={"canvas": canvas_doc(info["id"])}).json()
+    # [16, 48) x [16, 48): centres 24 and 40 each way -> 4 tokens, locked -> index 0; grid 4 x 4.
+    assert stats["grid"] == [4, 4] and stats["layers"][0]["tokens"] == 4 and stats["layers"][0]["index"] == 0
+    assert stats["total"] == 4 and stats["unpruned_total"] == 16
+
+
+def test_job_end_to_end_with_event_stream(client):
+    info = upload(client)
+    r = client.post("/api/jobs", json={"canvas": canvas_doc(info["id"]), "settings": {"seed": 3, "steps": 8}})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    events = []
+    with client.stream("GET", f"/api/jobs/{job_id}/events") as stream:
+        kind = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[6:])))
+    kinds = [k for k, _ in events]
+    assert kinds[0] in ("queued", "started") and kinds[-1] == "done"
+    steps = [d for k, d in events if k == "step"]
+    assert [d["step"] for d in steps] == list(range(1, 9))
+    assert all(d["preview"].startswith("data:image/png;base64,") for d in steps if d["step"] in (4,))
+    done = events[-1][1]
+    result = client.get(done["result"])
+    assert result.status_code == 200 and Image.open(io.BytesIO(result.content)).size == (64, 64)
+    # The same settings through the Python API give the same picture: the server adds nothing of its own.
+    restored = client.get(f"/api/jobs/{job_id}/canvas").json()
+    assert restored["settings"]["seed"] == 3 and restored["canvas"]["layers"][0]["locked"] is True
+    assert client.get(f"/api/jobs/{job_id}/canvas.lcz").content[:2] == b"PK"
+
+
+def test_result_survives_a_restart(tmp_path, pipe):
+    with make_client(tmp_path, pipe) as c:
+        info = upload(c)
+        job_id = c.post("/api/jobs", json={"canvas": canvas_doc(info["id"]), "settings": {"steps": 2}}).json()["id"]
+        assert wait_done(c, job_id)["status"] == "done"
+        first = c.get(f"/api/jobs/{job_id}/result.png").content
+    with make_client(tmp_path, pipe) as c2:  # a new server on the same outputs folder
+        listed = c2.get("/api/jobs").json()
+        assert [j["id"] for j in listed] == [job_id] and listed[0]["status"] == "done"
+        assert c2.get(f"/api/jobs/{job_id}/result.png").content == first
+
+
+def test_cancel_a_running_job(client):
+    info = upload(client)
+    job_id = client.post("/api/jobs", json={"canvas": canvas_doc(info["id"]),
+                                            "settings": {"steps": 200}}).json()["id"]
+    for _ in range(400):
+        if client.get(f"/api/jobs/{job_id}").json()["step"] >= 1:
+            break
+        time.sleep(0.01)
+    client.post(f"/api/jobs/{job_id}/cancel")
+    job = wait_done(client, job_id)
+    assert job["status"] == "cancelled" and job["step"] < 200
+    assert client.get(f"/api/jobs/{job_id}/result.png").status_code == 409
+
+
+def test_full_queue_answers_429(tmp_path, pipe):
+    gate = threading.Event()
+
+    def slow_loader():
+        gate.wait(30)  # the model is still loading: jobs wait in the queue
+        return pipe
+
+    with TestClient(create_app(ServerSettings(model="tiny-random", outputs=tmp_path / "o", max_queue=2),
+                               load_pipeline=slow_loader)) as c:
+        info = upload(c)
+        body = {"canvas": canvas_doc(info["id"]), "settings": {"steps": 1}}
+        ids = [c.post("/api/jobs", json=body) for _ in range(3)]
+        assert [r.status_code for r in ids] == [202, 202, 429]
+        assert "queue is full" in ids[2].json()["error"] and ids[2].headers["retry-after"] == "5"
+        gate.set()
+        assert all(wait_done(c, r.json()["id"])["status"] == "done" for r in ids[:2])
+
+
+def test_multipart_bundle_and_json_plus_files(client):
+    from layercomposer.canvas import Canvas, Layer, LayerImage, save_bundle_bytes
+
+    canvas = Canvas(64, 64, [Layer("a", LayerImage.from_pil(Image.open(io.BytesIO(png()))), x=8, y=8)])
+    r = client.post("/api/jobs", files={"bundle": ("c.lcz", save_bundle_bytes(canvas), "application/zip")},
+                    data={"settings": json.dumps({"steps": 1})})
+    assert r.status_code == 202, r.text
+    doc = canvas_doc("a.png")
+    r = client.post("/api/jobs", files=[("files", ("a.png", png(), "image/png"))],
+                    data={"canvas": json.dumps(doc), "settings": json.dumps({"steps": 1})})
+    assert r.status_code == 202, r.text
+    assert wait_done(client, r.json()["id"])["status"] == "done"
+
+
+def test_open_and_save_project(client):
+    info = upload(client)
+    lcz = client.post("/api/bundle", json={"canvas": canvas_doc(info["id"])})
+    assert lcz.status_code == 200 and zipfile.ZipFile(io.BytesIO(lcz.content)).namelist()[0] == "canvas.json"
+    opened = client.post("/api/open", files={"bundle": ("p.lcz", lcz.content, "application/zip")}).json()
+    assert opened["canvas"]["layers"][0]["image"] == info["id"]
+
+
+def _traversal_bundle() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("canvas.json", json.dumps(canvas_doc("../../etc/passwd")))
+    return buf.getvalue()
+
+
+BAD = [
+    ("non-image upload", lambda c: c.post("/api/images", files={"file": ("x.png", b"not an image", "image/png")}),
+     400, "not an image"),
+    ("malformed canvas", lambda c: c.post("/api/tokens", json={"canvas": {"version": 2, "width": 64, "height": 64}}),
+     400, "unsupported canvas version 2"),
+    ("unknown layer image", lambda c: c.post("/api/jobs", json={"canvas": canvas_doc("f" * 64 + ".png")}),
+     400, "unknown image"),
+    ("image id outside the store", lambda c: c.post("/api/tokens", json={"canvas": canvas_doc("../secret.png")}),
+     400, "not an image id of this server"),
+    ("path traversal in a bundle", lambda c: c.post("/api/open", files={"bundle": ("b.lcz", _traversal_bundle())}),
+     400, "leaves the bundle"),
+    ("multipart file missing", lambda c: c.post("/api/jobs", files=[("files", ("b.png", png(), "image/png"))],
+                                                data={"canvas": json.dumps(canvas_doc("a.png"))}),
+     400, "no uploaded file of that name"),
+    ("bad settings", lambda c: c.post("/api/jobs", json={"canvas": canvas_doc("x"), "settings": {"steps": 0}}),
+     422, "steps"),
+    ("unknown job", lambda c: c.get("/api/jobs/0123456789abcdef"), 404, "no job"),
+    ("job id with a path in it", lambda c: c.get("/api/jobs/..%2F..%2Fetc"), 404, ""),
+    ("not a bundle", lambda c: c.post("/api/open", files={"bundle": ("b.lcz", b"PK junk")}), 400, "not a valid"),
+    ("wrong content type", lambda c: c.post("/api/jobs", content=b"x", headers={"content-type": "text/plain"}),
+     415, "JSON or multipart"),
+]
+
+
+@pytest.mark.parametrize(("name", "call", "code", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_requests_get_a_4xx_json_error(client, name, call, code, message):
+    r = call(client)
+    assert r.status_code == code, r.text
+    if r.headers.get("content-type", "").startswith("application/json"):
+        assert message in r.json().get("error", r.json().get("detail", ""))
+
+
+def test_oversized_upload_is_refused_before_reading(tmp_path, pipe):
+    with make_client(tmp_path, pipe, max_upload_bytes=50_000) as c:
+        big = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(big).save(buf, "PNG")
+        r = c.post("/api/images", files={"file": ("big.png", buf.getvalue(), "image/png")})
+        assert r.status_code == 413 and "larger than" in r.json()["error"]
+
+
+def test_bomb_upload_is_refused_before_decoding(client):
+    from test_canvas import bomb_png
+
+    r = client.post("/api/images", files={"file": ("bomb.png", bomb_png(8000, 6000), "image/png")})
+    assert r.status_code == 400 and "refused before decoding" in r.json()["error"]
+
+
+def test_bearer_token(tmp_path, pipe):
+    with make_client(tmp_path, pipe, token="s3cret") as c:
+        assert c.get("/api/jobs").status_code == 401
+        assert c.get("/api/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/api/jobs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/api/jobs?token=s3cret").status_code == 200
+        assert c.get("/").status_code == 200  # the page itself holds no data
+
+
+def test_library_serves_held_out_sprites_only(client):
+    items = client.get("/api/library").json()
+    assert len(items) == 24
+    from layercomposer.world import index_from_id, is_held_out
+
+    assert all(is_held_out(index_from_id(item["id"])) for item in items)
+    sprite = client.get(items[0]["url"])
+    assert sprite.status_code == 200 and Image.open(io.BytesIO(sprite.content)).mode == "RGBA"
+    assert client.get("/api/library/c00000.png").status_code == 404  # a training identity
