@@ -306,3 +306,24 @@ def test_lora_save_and_load_round_trip(scenes_dir, tmp_path):
         out_trained, out_fresh, out_bare = (m(**inputs)[0] for m in (trained, fresh, bare))
     assert torch.allclose(out_trained, out_fresh, atol=1e-5)
     assert not torch.allclose(out_fresh, out_bare, atol=1e-4)
+
+
+def test_accelerate_launch_with_two_processes(scenes_dir, tmp_path):
+    """The real launcher, two CPU processes (gloo DDP): the run completes, checkpoints and exports once."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "layercomposer.training.train", "--data", str(scenes_dir), "--output", str(out),
+           "--model", "tiny-random", "--steps", "2", "--batch-size", "1", "--grad-accum", "2",
+           "--save-every", "2", "--log-every", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]  # written once, by the main process
+    assert (out / "model" / "model_index.json").is_file()
+    assert (out / "checkpoints" / "step-0000002" / "trainer_state.json").is_file()

@@ -90,14 +90,14 @@ DEMO_BASE = ModelConfig(
     # at 256 px, ~35 ms per sampling step, 5.2 M parameters (10 MB in float16).
     transformer=_frozen(
         dict(
-            patch_size=1, in_channels=32, num_layers=2, num_single_layers=4, attention_head_dim=32,
+            patch_size=1, in_channels=64, num_layers=2, num_single_layers=4, attention_head_dim=32,
             num_attention_heads=6, joint_attention_dim=128, pooled_projection_dim=128, guidance_embeds=False,
             axes_dims_rope=(8, 12, 12),
         )
     ),
     vae=_frozen(
         dict(
-            in_channels=3, out_channels=3, latent_channels=8, layers_per_block=1, norm_num_groups=16,
+            in_channels=3, out_channels=3, latent_channels=16, layers_per_block=1, norm_num_groups=16,
             block_out_channels=(32, 64, 64, 64),
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
             scaling_factor=1.0, shift_factor=0.0, use_quant_conv=False, use_post_quant_conv=False,

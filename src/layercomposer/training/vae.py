@@ -96,9 +96,18 @@ def train_vae(cfg: VaeTrainConfig, progress: bool = True) -> Path:
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     torch.manual_seed(cfg.seed)
-    vae = AutoencoderKL(**REGISTRY[cfg.model].vae).train()
+    if cfg.init:
+        vae = AutoencoderKL.from_pretrained(cfg.init, use_safetensors=True, torch_dtype=torch.float32).train()
+    else:
+        vae = AutoencoderKL(**REGISTRY[cfg.model].vae).train()
+    if cfg.decoder_only:
+        if not cfg.init:
+            raise LayerComposerError("--decoder-only needs --init (the encoder whose latents to keep)")
+        vae.encoder.requires_grad_(False).eval()
+        if vae.quant_conv is not None:
+            vae.quant_conv.requires_grad_(False)
     pictures, layers = _image_pool(SceneSet.load(cfg.data))
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     # Cosine decay to 5% over the run: a short CPU run needs the late small steps for sharp edges.
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps)))
@@ -108,10 +117,12 @@ def train_vae(cfg: VaeTrainConfig, progress: bool = True) -> Path:
     t_last = time.perf_counter()
     for step in tqdm(range(1, cfg.steps + 1), desc="vae", unit="step", file=sys.stderr, disable=not progress):
         x = make_batch(pictures, layers, cfg, step)
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample()).sample
+        with torch.set_grad_enabled(not cfg.decoder_only):
+            posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample() if cfg.sample_posterior else posterior.mode()).sample
         kl = posterior.kl().mean() / (x.shape[-1] * x.shape[-2])
-        loss = F.l1_loss(recon, x) + cfg.edge_weight * edge_loss(recon, x) + cfg.kl_weight * kl
+        # MSE is what PSNR measures; the gradient term keeps outlines sharp; the KL only bounds the scale.
+        loss = F.mse_loss(recon, x) + cfg.edge_weight * edge_loss(recon, x) + cfg.kl_weight * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -123,15 +134,33 @@ def train_vae(cfg: VaeTrainConfig, progress: bool = True) -> Path:
             log.write({"step": step, "loss": float(np.mean(window)), "psnr_batch": psnr(recon.detach(), x),
                        "seconds_per_step": (now - t_last) / len(window)})
             window, t_last = [], now
-    vae.eval()
-    set_latent_normalisation(vae, pictures, cfg.seed)
-    out = run / "vae"
-    vae.save_pretrained(out, safe_serialization=True)
+        if step % cfg.save_every == 0 and step < cfg.steps:
+            save_vae(vae, pictures, cfg, run / "vae", keep_normalisation=cfg.decoder_only)
+            vae.train()
+            if cfg.decoder_only:
+                vae.encoder.eval()
+    out = save_vae(vae, pictures, cfg, run / "vae", keep_normalisation=cfg.decoder_only)
     if cfg.eval_data:
         held_pictures, _ = _image_pool(SceneSet.load(cfg.eval_data))
         report = {"heldout_psnr": evaluate_vae(vae, held_pictures[:64])}
         (run / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_loss_curve(read_metrics(run / "metrics.jsonl"), run / "loss.png", title=f"vae loss ({run.name})")
+    return out
+
+
+def save_vae(vae, pictures: list, cfg: VaeTrainConfig, out: Path, keep_normalisation: bool) -> Path:
+    """Save (atomically enough: a complete folder replaces the old one) with the latent normalisation set."""
+    import shutil
+    import tempfile
+
+    vae.eval()
+    if not keep_normalisation:  # a decoder-only run must keep the latent space it was given
+        set_latent_normalisation(vae, pictures, cfg.seed)
+    tmp = Path(tempfile.mkdtemp(prefix=".vae-", dir=out.parent))
+    vae.save_pretrained(tmp, safe_serialization=True)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
     return out
 
 
