@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--mode", choices=("layered", "unpruned", "collage"), default="layered",
                      help="conditioning: layered (pruned, default), unpruned, or collage (flattened)")
     gen.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    gen.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                     help="LoRA file (diffusers/peft or kohya format), repeatable; scale defaults to 1")
     gen.set_defaults(func=cmd_generate)
 
     tok = sub.add_parser("tokens", help="conditioning token statistics of a canvas (no model)",
@@ -147,9 +149,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     canvas = load_canvas(args.canvas)  # bad input fails before the (slow) model load
     if args.steps is not None and not 1 <= args.steps <= 1000:
         raise LayerComposerError(f"--steps: must be between 1 and 1000, got {args.steps}")
+    from .models.flux import parse_lora_spec
+
+    for spec in args.lora:
+        parse_lora_spec(spec)  # a missing file fails before the model load
 
     t0 = time.perf_counter()
     pipe = _load_pipeline(args.model or default_model(), args.device)
+    pipe.load_loras(args.lora)
     load_s = time.perf_counter() - t0
 
     from tqdm import tqdm

@@ -20,12 +20,13 @@ from .canvas import TOKEN_PX, Canvas
 from .conditioning import MODES, Conditioning, ConditioningBuilder, Mode, TokenPlan, grid_ids
 from .errors import LayerComposerError, ModelError
 from .flow import FlowSchedule
+from .models.flux import FLUX_PIPELINES, FluxTextEncoder, load_flux_folder, load_loras
 from .models.registry import ModelConfig, build_random, resolve_model
 from .models.text import ClipTextEncoder, TextEmbeddings, TextEncoder
 from .sampler import StepCallback, sample_euler
 
 PIPELINE_CLASS = "LayerComposerPipeline"
-_TEXT_ENCODERS: dict[str, type] = {"clip": ClipTextEncoder}
+_TEXT_ENCODERS: dict[str, type] = {"clip": ClipTextEncoder, "flux": FluxTextEncoder}
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
@@ -114,6 +115,10 @@ class LayerComposerPipeline:
             index = json.loads((root / "model_index.json").read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ModelError(f"{root}/model_index.json: cannot read ({exc})") from None
+        if index.get("_class_name") in FLUX_PIPELINES:
+            # A diffusers FLUX.1 Kontext folder: our conditioning on the real architecture.
+            c = load_flux_folder(root)
+            return cls(c.transformer, c.vae, c.text_encoder, c.schedule, c.guidance_scale, 28, name=c.name)
         if index.get("_class_name") != PIPELINE_CLASS:
             raise ModelError(
                 f"{root}: a {index.get('_class_name')!r} directory, not a {PIPELINE_CLASS} model directory"
@@ -156,6 +161,10 @@ class LayerComposerPipeline:
         # model_index.json last: a directory without it is not a model, so a crash leaves no half model.
         (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         return root
+
+    def load_loras(self, specs: list[str]) -> list[str]:
+        """Apply LoRA files (`PATH[:scale]`, diffusers / peft or kohya format) to the transformer."""
+        return load_loras(self.transformer, specs)
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> LayerComposerPipeline:
         self.transformer.to(device=device, dtype=dtype)

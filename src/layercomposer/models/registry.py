@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +145,29 @@ def resolve_model(model: str | Path) -> ModelConfig | Path:
         return path
     if path.exists():
         raise ModelError(f"{path}: a model must be a directory, not a file")
+    if isinstance(model, str) and HUB_ID.match(model):
+        return cached_hub_model(model)
     raise ModelError(f"unknown model {str(model)!r}: use one of {', '.join(model_choices())} or a model directory")
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def cached_hub_model(repo_id: str) -> Path:
+    """The folder of a hub model already in the local Hugging Face cache (HF_HOME / HF_HUB_CACHE); never
+    downloads. A missing model is a one-line error naming it and the command that fetches it."""
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        folder = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # huggingface_hub raises several types for "not there"; all mean the same here
+        raise ModelError(
+            f"model {repo_id!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}); "
+            f"fetch it first with: hf download {repo_id}"
+        ) from None
+    if not (folder / "model_index.json").is_file():
+        raise ModelError(f"model {repo_id!r} in the cache ({folder}) has no model_index.json (not a pipeline)")
+    return folder
 
 
 def build_random(config: ModelConfig, seed: int = 0):  # -> (FluxTransformer2DModel, AutoencoderKL, ClipTextEncoder)

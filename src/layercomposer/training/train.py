@@ -80,8 +80,10 @@ class Trainer:
             transformer.enable_gradient_checkpointing()
         transformer.train()
         params = [p for p in transformer.parameters() if p.requires_grad]
-        text_model = pipe.text_encoder.model
+        text_model = getattr(pipe.text_encoder, "model", None)
         if cfg.train_text_encoder:
+            if text_model is None:
+                raise LayerComposerError("--train-text-encoder: only the demo's CLIP text encoder can be trained")
             text_model.requires_grad_(True).train()
             params += list(text_model.parameters())
         self.trainable = sum(p.numel() for p in params)
@@ -96,7 +98,7 @@ class Trainer:
         device = self.accelerator.device
         pipe.vae.to(device)
         if not cfg.train_text_encoder:
-            text_model.to(device)
+            pipe.text_encoder.to(device)
 
         # 3. Data: scenes, sampled per step from seeded RNGs; VAE latents cached by content.
         self.scenes = SceneSet.load(cfg.data)
@@ -141,8 +143,7 @@ class Trainer:
             return te.embed(self.text_model, te.tokenize(prompts).to(device))
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if missing:
-            with torch.no_grad():
-                emb = te.embed(te.model, te.tokenize(missing).to(device))
+            emb = te.encode(missing)  # any TextEncoder (CLIP, or FLUX's CLIP + T5): frozen, cached by prompt
             for i, p in enumerate(missing):
                 self._text_cache[p] = TextEmbeddings(emb.sequence[i:i + 1], emb.pooled[i:i + 1])
         return TextEmbeddings(torch.cat([self._text_cache[p].sequence for p in prompts]),

@@ -1,0 +1,164 @@
+"""Real-weight paths on tiny random models saved in the real on-disk formats (nothing downloaded)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from layercomposer.errors import ModelError
+from tiny_models import save_tiny_kontext
+
+
+@pytest.fixture(scope="module")
+def kontext_dir(tmp_path_factory):
+    return save_tiny_kontext(tmp_path_factory.mktemp("models") / "FLUX.1-Kontext-tiny")
+
+
+@pytest.fixture(scope="module")
+def canvas_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("canvas")
+    Image.new("RGBA", (32, 32), (200, 30, 30, 255)).save(root / "a.png")
+    doc = {"version": 1, "width": 64, "height": 64, "prompt": "a red sprite",
+           "layers": [{"name": "a", "image": "a.png", "x": 16, "y": 16, "locked": True}]}
+    (root / "c.json").write_text(json.dumps(doc))
+    return root / "c.json"
+
+
+def cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "layercomposer", *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_generate_on_a_diffusers_kontext_folder(kontext_dir, canvas_file, tmp_path):
+    out = tmp_path / "out.png"
+    r = cli("generate", str(canvas_file), "--model", str(kontext_dir), "--steps", "2", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert Image.open(out).size == (64, 64)
+    assert "4 condition tokens [layered]" in r.stderr
+
+
+def test_flux_text_encoder_matches_diffusers_prompt_encoding(kontext_dir):
+    from diffusers import FluxKontextPipeline
+
+    from layercomposer.pipeline import LayerComposerPipeline
+
+    ours = LayerComposerPipeline.from_pretrained(kontext_dir).text_encoder.encode(["a red sprite"])
+    theirs = FluxKontextPipeline.from_pretrained(kontext_dir)
+    seq, pooled, _ = theirs.encode_prompt("a red sprite", prompt_2=None, max_sequence_length=512)
+    assert torch.allclose(ours.sequence, seq, atol=1e-4) and torch.allclose(ours.pooled, pooled, atol=1e-5)
+
+
+def _diffusers_kontext_output(folder, lora_dir=None):
+    from diffusers import FluxKontextPipeline
+
+    pipe = FluxKontextPipeline.from_pretrained(folder)
+    if lora_dir is not None:
+        pipe.load_lora_weights(str(lora_dir))
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    out = pipe(image=image, prompt="a red sprite", num_inference_steps=2, height=64, width=64, max_area=64 * 64,
+               guidance_scale=2.5, max_sequence_length=32, generator=torch.Generator().manual_seed(0),
+               output_type="np").images[0]
+    return out
+
+
+def test_lora_trained_by_our_trainer_loads_in_diffusers_and_in_ours(kontext_dir, canvas_file, tmp_path):
+    from layercomposer.training.config import TrainConfig
+    from layercomposer.training.train import train
+    from layercomposer.world import generate_dataset
+
+    scenes = tmp_path / "scenes"
+    generate_dataset(scenes, 3, seed=2, size=128)
+    cfg = TrainConfig(data=str(scenes), output=str(tmp_path / "run"), model=str(kontext_dir), steps=3,
+                      batch_size=1, lr=2e-2, warmup=1, lora_rank=4, save_every=3, log_every=1)
+    train(cfg, progress=False)
+    lora_dir = tmp_path / "run" / "lora"
+    assert (lora_dir / "pytorch_lora_weights.safetensors").is_file()
+    base = _diffusers_kontext_output(kontext_dir)
+    with_lora = _diffusers_kontext_output(kontext_dir, lora_dir)
+    assert np.abs(base - with_lora).max() > 1e-3  # diffusers' own pipeline reads it, and it changes the output
+    out_a, out_b = tmp_path / "a.png", tmp_path / "b.png"
+    plain = cli("generate", str(canvas_file), "--model", str(kontext_dir), "--steps", "2", "-o", str(out_a))
+    assert plain.returncode == 0, plain.stderr
+    r = cli("generate", str(canvas_file), "--model", str(kontext_dir), "--steps", "2", "-o", str(out_b),
+            "--lora", f"{lora_dir / 'pytorch_lora_weights.safetensors'}:1.5")
+    assert r.returncode == 0, r.stderr
+    assert np.abs(np.asarray(Image.open(out_a), int) - np.asarray(Image.open(out_b), int)).max() > 0
+
+
+def test_kohya_format_lora_loads(kontext_dir, tmp_path):
+    """A LoRA in the community (kohya / sd-scripts) FLUX format: BFL block names, fused qkv, alpha keys."""
+    from layercomposer.pipeline import LayerComposerPipeline
+
+    gen = torch.Generator().manual_seed(0)
+    rank, dim, mlp = 4, 32, 128
+    state = {}
+
+    def add(name, out_features, in_features):
+        state[f"lora_unet_{name}.lora_down.weight"] = torch.randn(rank, in_features, generator=gen) * 0.5
+        state[f"lora_unet_{name}.lora_up.weight"] = torch.randn(out_features, rank, generator=gen) * 0.5
+        state[f"lora_unet_{name}.alpha"] = torch.tensor(float(rank))
+
+    for stream in ("img", "txt"):
+        add(f"double_blocks_0_{stream}_attn_qkv", 3 * dim, dim)
+        add(f"double_blocks_0_{stream}_attn_proj", dim, dim)
+    # (single_blocks_*_linear1 is left out: diffusers' converter splits it at FLUX.1's real widths, 3072 / 12288)
+    add("single_blocks_0_linear2", dim, dim + mlp)
+    path = tmp_path / "kohya_lora.safetensors"
+    save_file(state, str(path))
+
+    pipe = LayerComposerPipeline.from_pretrained(kontext_dir)
+    from layercomposer.canvas import Canvas, Layer, LayerImage
+
+    canvas = Canvas(64, 64, [Layer("a", LayerImage.from_pil(Image.new("RGBA", (32, 32), (200, 30, 30, 255))),
+                                   x=16, y=16)], prompt="a red sprite")
+    before = np.asarray(pipe(canvas, num_inference_steps=2), int)
+    names = pipe.load_loras([f"{path}:0.8"])
+    assert names == ["lora0"]
+    after = np.asarray(pipe(canvas, num_inference_steps=2), int)
+    assert np.abs(before - after).max() > 0
+
+
+def test_missing_models_and_loras_are_one_line_errors(canvas_file, tmp_path):
+    r = cli("generate", str(canvas_file), "--model", "black-forest-labs/FLUX.1-Kontext-dev",
+            "-o", str(tmp_path / "x.png"))
+    assert r.returncode == 2
+    line = r.stderr.strip()
+    assert "\n" not in line and "not in the local Hugging Face cache" in line
+    assert "hf download black-forest-labs/FLUX.1-Kontext-dev" in line
+    r = cli("generate", str(canvas_file), "--model", "tiny-random", "--lora", str(tmp_path / "none.safetensors"),
+            "-o", str(tmp_path / "x.png"))
+    assert r.returncode == 2 and "none.safetensors not found" in r.stderr
+    from layercomposer.models.flux import parse_lora_spec
+
+    f = tmp_path / "l.safetensors"
+    f.write_bytes(b"")
+    assert parse_lora_spec(f"{f}:0.5") == (f, 0.5)
+    assert parse_lora_spec(str(f)) == (f, 1.0)
+    with pytest.raises(ModelError, match="not found"):
+        parse_lora_spec(str(tmp_path / "gone.safetensors:2"))
+
+
+def test_hub_id_resolves_from_the_local_cache(kontext_dir, tmp_path, monkeypatch):
+    """A hub id already in HF_HOME's cache loads without any network (HF_HUB_OFFLINE)."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf" / "hub"
+    snap = cache / "models--acme--tiny-kontext" / "snapshots" / ("0" * 40)
+    shutil.copytree(kontext_dir, snap)
+    (cache / "models--acme--tiny-kontext" / "refs").mkdir(parents=True)
+    (cache / "models--acme--tiny-kontext" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    from layercomposer.models.registry import resolve_model
+
+    assert resolve_model("acme/tiny-kontext") == snap
