@@ -162,3 +162,33 @@ def test_hub_id_resolves_from_the_local_cache(kontext_dir, tmp_path, monkeypatch
     from layercomposer.models.registry import resolve_model
 
     assert resolve_model("acme/tiny-kontext") == snap
+
+
+def test_refine_a_canvas_with_kontext(kontext_dir, canvas_file, tmp_path):
+    out = tmp_path / "refined.png"
+    r = cli("refine", str(canvas_file), "--model", str(kontext_dir), "--steps", "2", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert Image.open(out).size == (64, 64)
+    meta = json.loads(Image.open(out).info["layercomposer"])
+    assert meta["backend"] == "kontext" and meta["instruction"].startswith("Turn this rough collage")
+
+
+def test_refine_trigger_phrases():
+    from layercomposer.refine import RefineSettings, instruction_text, trigger_for
+
+    assert trigger_for(["/loras/Place-it_kontext_v2.safetensors:0.9"], None) == "Place it"
+    assert trigger_for(["/loras/style.safetensors"], None) is None
+    assert trigger_for(["/loras/style.safetensors"], "Collage") == "Collage"
+    text = instruction_text(RefineSettings(loras=["placeit.safetensors"], instruction="Blend it."))
+    assert text == "Place it, blend it."
+
+
+def test_refine_an_image_and_a_missing_file(kontext_dir, tmp_path):
+    """The collage can be any image (its size is kept, rounded to 16 px); a missing file is a one-line error."""
+    from layercomposer.refine import RefineEngine, RefineSettings
+
+    collage = Image.new("RGB", (64, 48), (30, 120, 200))
+    base = RefineEngine(str(kontext_dir), "kontext")(collage, RefineSettings(steps=2))
+    assert base.size == (64, 48)
+    bad = cli("refine", str(tmp_path / "missing.png"), "--model", str(kontext_dir))
+    assert bad.returncode == 2 and "missing.png: cannot read" in bad.stderr
