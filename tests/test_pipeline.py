@@ -149,3 +149,28 @@ def test_true_cfg_for_models_without_a_guidance_embedding():
     same = [np.asarray(pipe(canvas, prompt="", num_inference_steps=2, guidance_scale=s), dtype=np.int16)
             for s in (1.0, 3.0)]
     assert np.abs(same[0] - same[1]).max() <= 1
+
+
+@pytest.mark.parametrize("mode", ["model", "sequential"])
+def test_cpu_offload_modes_give_the_same_picture(mode):
+    """The offload hooks are wired through every model the pipeline calls (on a CPU the picture is unchanged;
+    the memory saving itself needs a GPU)."""
+    pipe = LayerComposerPipeline.from_pretrained("tiny-random")
+    canvas = six_layer_canvas(3)
+    before = np.asarray(pipe(canvas, num_inference_steps=2, seed=4))
+    getattr(pipe, f"enable_{mode}_cpu_offload")("cpu")
+    assert pipe.device == torch.device("cpu")
+    after = np.asarray(pipe(canvas, num_inference_steps=2, seed=4))
+    assert np.array_equal(before, after)
+    assert hasattr(pipe.transformer, "_hf_hook")  # accelerate's hook is really installed
+
+
+def test_vae_tiling_keeps_the_picture_close():
+    pipe = LayerComposerPipeline.from_pretrained("tiny-random")
+    canvas = Canvas(512, 512, [layer("a", solid(200, 200), x=100, y=100)])
+    plain = np.asarray(pipe(canvas, num_inference_steps=1), dtype=np.int16)
+    pipe.enable_vae_tiling()
+    pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size = 256, 32  # force tiles at this size
+    pipe.conditioning.clear()
+    tiled = np.asarray(pipe(canvas, num_inference_steps=1), dtype=np.int16)
+    assert tiled.shape == plain.shape and np.abs(tiled - plain).mean() < 20

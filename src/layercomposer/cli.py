@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     gen.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                      help="LoRA file (diffusers/peft or kohya format), repeatable; scale defaults to 1")
+    add_memory_arguments(gen)
     gen.set_defaults(func=cmd_generate)
 
     tok = sub.add_parser("tokens", help="conditioning token statistics of a canvas (no model)",
@@ -143,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                        help="weights and compute dtype (auto: bfloat16 on CUDA, float32 on the CPU)")
+    parser.add_argument("--offload", choices=("none", "model", "sequential"), default="none",
+                        help="CPU offload: whole models (model) or layer by layer (sequential, least memory)")
+    parser.add_argument("--vae-tiling", action="store_true", help="tiled VAE encode/decode for large canvases")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -173,7 +182,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         parse_lora_spec(spec)  # a missing file fails before the model load
 
     t0 = time.perf_counter()
-    pipe = _load_pipeline(args.model or default_model(), args.device)
+    pipe = _load_pipeline(args.model or default_model(), args.device, args.dtype, args.offload, args.vae_tiling)
     pipe.load_loras(args.lora)
     load_s = time.perf_counter() - t0
 
@@ -372,7 +381,8 @@ def cmd_eval_sprites(args: argparse.Namespace) -> int:
 # Helpers
 
 
-def _load_pipeline(model: str, device: str | None) -> Any:
+def _load_pipeline(model: str, device: str | None, dtype: str = "auto", offload: str = "none",
+                   vae_tiling: bool = False) -> Any:
     import torch
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -391,8 +401,19 @@ def _load_pipeline(model: str, device: str | None) -> Any:
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise LayerComposerError("--device: CUDA is not available on this machine")
     pipe = LayerComposerPipeline.from_pretrained(model)
-    if torch_device.type != "cpu":
-        pipe.to(torch_device, torch.bfloat16)
+    torch_dtype = (torch.bfloat16 if torch_device.type == "cuda" else torch.float32) if dtype == "auto" \
+        else getattr(torch, dtype)
+    if offload == "none":
+        if torch_device.type != "cpu" or torch_dtype != torch.float32:
+            pipe.to(torch_device, torch_dtype)
+    else:
+        pipe.to("cpu", torch_dtype)
+        if offload == "model":
+            pipe.enable_model_cpu_offload(torch_device)
+        else:
+            pipe.enable_sequential_cpu_offload(torch_device)
+    if vae_tiling:
+        pipe.enable_vae_tiling()
     return pipe
 
 

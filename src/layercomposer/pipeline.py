@@ -86,6 +86,7 @@ class LayerComposerPipeline:
             )
         self.conditioning = ConditioningBuilder(self._encode_pixels)
         self._prompt_cache: OrderedDict[str, TextEmbeddings] = OrderedDict()
+        self._execution_device: torch.device | None = None
 
     # -- construction --------------------------------------------------------------------------------------
 
@@ -167,6 +168,7 @@ class LayerComposerPipeline:
         return load_loras(self.transformer, specs)
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> LayerComposerPipeline:
+        self._execution_device = None
         self.transformer.to(device=device, dtype=dtype)
         self.vae.to(device=device, dtype=dtype)
         self.text_encoder.to(device, dtype)
@@ -176,7 +178,53 @@ class LayerComposerPipeline:
 
     @property
     def device(self) -> torch.device:
+        """Where the computation runs (with CPU offload the weights live on the CPU between uses)."""
+        if self._execution_device is not None:
+            return self._execution_device
         return next(self.transformer.parameters()).device
+
+    # -- memory modes (diffusers' own conventions, through accelerate's hooks) ---------------------------
+
+    def _text_modules(self) -> list[torch.nn.Module]:
+        te = self.text_encoder
+        return [m for m in (getattr(te, "model", None), getattr(te, "clip", None), getattr(te, "t5", None)) if m]
+
+    def enable_model_cpu_offload(self, device: str | torch.device = "cuda") -> LayerComposerPipeline:
+        """Keep each model on the CPU and move it to `device` only while it runs (one model at a time)."""
+        from accelerate import cpu_offload_with_hook
+
+        device = torch.device(device)
+        hook = None
+        for module in [*self._text_modules(), self.vae, self.transformer]:
+            module.to("cpu")
+            _, hook = cpu_offload_with_hook(module, device, prev_module_hook=hook)
+        self._execution_device = device
+        self.conditioning.clear()
+        self._prompt_cache.clear()
+        return self
+
+    def enable_sequential_cpu_offload(self, device: str | torch.device = "cuda") -> LayerComposerPipeline:
+        """Stream each layer's weights to `device` as it runs: the least memory, the slowest."""
+        from accelerate import cpu_offload, cpu_offload_with_hook
+
+        device = torch.device(device)
+        # Text encoders move whole while they run: transformers' CLIP keeps a non-persistent position-id
+        # buffer that per-layer offload cannot restore. They run once per prompt.
+        for module in self._text_modules():
+            module.to("cpu")
+            cpu_offload_with_hook(module, device)
+        for module in (self.vae, self.transformer):
+            module.to("cpu")
+            cpu_offload(module, execution_device=device, offload_buffers=True)
+        self._execution_device = device
+        self.conditioning.clear()
+        self._prompt_cache.clear()
+        return self
+
+    def enable_vae_tiling(self) -> LayerComposerPipeline:
+        """Encode and decode large pictures in overlapping tiles (less memory at 2K and up)."""
+        self.vae.enable_tiling()
+        return self
 
     @property
     def dtype(self) -> torch.dtype:
