@@ -259,3 +259,22 @@ def test_library_serves_held_out_sprites_only(client):
     sprite = client.get(items[0]["url"])
     assert sprite.status_code == 200 and Image.open(io.BytesIO(sprite.content)).mode == "RGBA"
     assert client.get("/api/library/c00000.png").status_code == 404  # a training identity
+
+
+def test_refine_mode_jobs(tmp_path, pipe):
+    """mode=refine runs the refine engine (here our collage mode on the tiny model) and is stored like any job."""
+    from layercomposer.refine import RefineEngine
+
+    settings = ServerSettings(model="tiny-random", outputs=tmp_path / "o", refine_model="tiny-random")
+    with TestClient(create_app(settings, load_pipeline=lambda: pipe)) as c:
+        assert c.get("/api/health").json()["refine_model"] == "tiny-random"
+        info = upload(c)
+        r = c.post("/api/jobs", json={"canvas": canvas_doc(info["id"]), "settings": {"mode": "refine", "steps": 2}})
+        job = wait_done(c, r.json()["id"])
+        assert job["status"] == "done", job
+        assert job["stats"]["mode"] == "refine" and job["stats"]["backend"] == "demo"
+        assert isinstance(c.app.state.jobs._refine, RefineEngine)
+    with make_client(tmp_path / "b", pipe) as c:  # no refine model configured: refused up front
+        info = upload(c)
+        r = c.post("/api/jobs", json={"canvas": canvas_doc(info["id"]), "settings": {"mode": "refine", "steps": 1}})
+        assert r.status_code == 400 and "--refine-model" in r.json()["error"]

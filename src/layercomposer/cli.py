@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--token", default=None, help="require this bearer token on every API call")
     srv.add_argument("--queue", type=int, default=8, help="most jobs waiting at once (more get 429)")
     srv.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    srv.add_argument("--refine-model", default=None,
+                     help="model of the editor's refine mode (FLUX.1 Kontext folder / hub id; default: "
+                     "demo-collage when installed)")
     srv.set_defaults(func=cmd_serve)
 
     ev = sub.add_parser("eval", help="evaluate models")
@@ -351,8 +354,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"layercomposer: warning: listening on {args.host}: other machines can reach this editor"
               + ("" if args.token else " and there is no --token"), file=sys.stderr)
     model = args.model or default_model()
+    from .models.registry import shipped_models
+
+    refine_model = args.refine_model or ("demo-collage" if "demo-collage" in shipped_models() else None)
     settings = ServerSettings(model=model, outputs=Path(args.outputs), token=args.token, max_queue=args.queue,
-                              device=args.device)
+                              device=args.device, refine_model=refine_model)
     print(f"layercomposer editor: http://{args.host}:{args.port}/  (model {model}, outputs {args.outputs})",
           file=sys.stderr)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")

@@ -45,6 +45,8 @@ class ServerSettings:
     max_upload_bytes: int = 64 * 1024 * 1024
     preview_every: int = 4
     device: str | None = None
+    refine_model: str | None = None
+    """Model of the refine mode (a FLUX.1 Kontext folder / hub id, or demo-collage); None: no refine mode."""
 
 
 class ApiError(Exception):
@@ -59,6 +61,14 @@ def _first_error(errors: Any) -> str:
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
     return f"{where or 'request'}: {first.get('msg')}"
+
+
+def _refine_backend(model: str) -> str:
+    from ..models.flux import pipeline_class
+    from ..models.registry import resolve_model
+
+    resolved = resolve_model(model)
+    return "kontext" if isinstance(resolved, Path) and pipeline_class(resolved) == "FluxKontextPipeline" else "demo"
 
 
 def authorised(request: Request) -> None:
@@ -82,7 +92,8 @@ class SettingsIn(BaseModel):
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     steps: int | None = Field(default=None, ge=1, le=200)
     guidance: float | None = Field(default=None, ge=0.0, le=30.0)
-    mode: Literal["layered", "unpruned", "collage"] = "layered"
+    mode: Literal["layered", "unpruned", "collage", "refine"] = "layered"
+    instruction: str | None = Field(default=None, max_length=2000)
 
 
 class CanvasJobIn(BaseModel):
@@ -120,7 +131,13 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
             pipe.to(device, torch.bfloat16)
         return pipe
 
-    jobs = JobManager(load_pipeline or default_loader, outputs, settings.max_queue, settings.preview_every)
+    def refine_loader() -> Any:
+        from ..refine import RefineEngine
+
+        return RefineEngine(settings.refine_model, _refine_backend(settings.refine_model), settings.device)
+
+    jobs = JobManager(load_pipeline or default_loader, outputs, settings.max_queue, settings.preview_every,
+                      load_refine=refine_loader if settings.refine_model else None)
     planner, planner_lock = ConditioningBuilder(max_entries=256), threading.Lock()
     library_cache: dict[str, bytes] = {}
     app.state.jobs = jobs
@@ -196,6 +213,7 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
         return {"status": "ok" if jobs.pipeline_error is None else "error", "version": __version__,
                 "model": settings.model, "model_ready": jobs.ready, "model_error": jobs.pipeline_error,
                 "queued": jobs.queued(), "max_queue": settings.max_queue, "auth": bool(settings.token),
+                "refine_model": settings.refine_model,
                 "defaults": {"steps": pipe.default_steps, "guidance": pipe.guidance_scale} if pipe else None}
 
     @app.post("/api/images", tags=["canvas"])
@@ -251,6 +269,8 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
             canvas, job_settings = await _multipart_job(request)
         else:
             raise ApiError(415, "send JSON or multipart/form-data")
+        if job_settings.mode == "refine" and not settings.refine_model:
+            raise ApiError(400, "settings.mode: this server has no refine model (start it with --refine-model)")
         job = jobs.submit(canvas, JobSettings(**job_settings.model_dump()))
         return job.summary() | {"position": jobs.queued()}
 

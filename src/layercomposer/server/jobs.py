@@ -43,6 +43,9 @@ class JobSettings:
     steps: int | None = None
     guidance: float | None = None
     mode: str = "layered"
+    """layered, unpruned, collage (the model of the server) or refine (the refine engine)."""
+    instruction: str | None = None
+    """Refine only: the editing instruction (default: make the collage one natural picture)."""
 
 
 @dataclass
@@ -75,12 +78,14 @@ class JobManager:
     """Bounded queue, single worker thread, per-job event logs, results persisted under `outputs/jobs`."""
 
     def __init__(self, load_pipeline: Callable[[], Any], outputs: Path, max_queue: int = 8,
-                 preview_every: int = 4) -> None:
+                 preview_every: int = 4, load_refine: Callable[[], Any] | None = None) -> None:
         self.outputs = outputs
         self.jobs_dir = outputs / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.preview_every = preview_every
         self._load_pipeline = load_pipeline
+        self._load_refine = load_refine
+        self._refine: Any = None
         self._pipe: Any = None
         self._pipe_error: str | None = None
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
@@ -207,23 +212,28 @@ class JobManager:
             if job.cancel.is_set():
                 raise Cancelled
             preview = None
-            if self.preview_every and (event.step % self.preview_every == 0) and event.step < event.total:
+            if (self.preview_every and event.denoised is not None and event.step % self.preview_every == 0
+                    and event.step < event.total):
                 preview = _png_data_url(pipe.preview(event.denoised, grid), max_side=256)
             with self._lock:
                 job.step = event.step
                 self._emit(job, "step", step=event.step, total=event.total, preview=preview)
 
         try:
-            result = pipe.generate(job.canvas, prompt=s.prompt, num_inference_steps=s.steps,
-                                   guidance_scale=s.guidance, seed=s.seed, mode=s.mode, callback=progress)
+            if s.mode == "refine":
+                image, stats = self._run_refine(job, progress)
+            else:
+                result = pipe.generate(job.canvas, prompt=s.prompt, num_inference_steps=s.steps,
+                                       guidance_scale=s.guidance, seed=s.seed, mode=s.mode, callback=progress)
+                image = result.image
+                stats = {"tokens": result.plan.total, "noisy": result.plan.noisy, "mode": result.plan.mode,
+                         "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
             folder = self.jobs_dir / job.id
             folder.mkdir(parents=True, exist_ok=True)
             buf = io.BytesIO()
-            result.image.save(buf, format="PNG")
+            image.save(buf, format="PNG")
             write_atomic(folder / "result.png", buf.getvalue())
             write_atomic(folder / "canvas.lcz", save_bundle_bytes(job.canvas))
-            stats = {"tokens": result.plan.total, "noisy": result.plan.noisy, "mode": result.plan.mode,
-                     "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
             with self._lock:
                 job.stats = stats
                 job.finished = time.time()
@@ -241,6 +251,30 @@ class JobManager:
             with self._lock:
                 job.error = f"{type(exc).__name__}: {exc}"
                 self._finish(job, "failed")
+
+    def _run_refine(self, job: Job, progress: Callable[[Any], None]) -> tuple[Any, dict[str, Any]]:
+        """A refine job: the canvas flattened and handed to the refine engine (loaded on first use)."""
+        import time as _time
+
+        from ..refine import RefineSettings
+
+        if self._load_refine is None:
+            raise LayerComposerError("this server has no refine model (start it with --refine-model)")
+        if self._refine is None:
+            self._refine = self._load_refine()
+        s = job.settings
+
+        def quiet(event: Any) -> None:  # no previews: the engine's latents are not ours to decode
+            event.denoised = None
+            progress(event)
+
+        # An editing model takes an instruction; our collage model takes the prompt (as `generate` does).
+        text = s.instruction if self._refine.backend == "kontext" else s.prompt
+        t0 = _time.perf_counter()
+        image = self._refine(job.canvas, RefineSettings(instruction=text, steps=s.steps or 28, guidance=s.guidance,
+                                                        seed=s.seed), callback=quiet)
+        return image, {"mode": "refine", "backend": self._refine.backend, "tokens": 0, "noisy": 0,
+                       "seconds": {"sample": round(_time.perf_counter() - t0, 3)}}
 
     # -- internals (call with the lock held) ---------------------------------------------------------------
 

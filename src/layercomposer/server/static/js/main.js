@@ -192,9 +192,12 @@ function readSettings() {
   const g = $("guidance").value.trim();
   s.guidance = g === "" ? null : Number(g);
   s.mode = $("mode").value;
+  s.instruction = $("instruction").value.trim() || null;
+  $("instruction-row").hidden = s.mode !== "refine";
   state.canvas.prompt = $("prompt").value;
   state.save();
-  return { prompt: state.canvas.prompt, seed: s.seed, steps: s.steps, guidance: s.guidance, mode: s.mode };
+  return { prompt: state.canvas.prompt, seed: s.seed, steps: s.steps, guidance: s.guidance, mode: s.mode,
+    instruction: s.mode === "refine" ? s.instruction : null };
 }
 
 async function generate() {
@@ -307,7 +310,9 @@ function renderSettings() {
   $("random-seed").checked = s.randomSeed;
   $("steps").value = s.steps;
   $("guidance").value = s.guidance ?? "";
-  $("mode").value = s.mode === "collage" ? "collage" : "layered";
+  $("mode").value = ["collage", "refine"].includes(s.mode) ? s.mode : "layered";
+  $("instruction").value = s.instruction || "";
+  $("instruction-row").hidden = $("mode").value !== "refine";
   $("show-grid").checked = state.showGrid;
   const size = `${state.canvas.width}x${state.canvas.height}`;
   const preset = [...$("size-preset").options].some((o) => o.value === size) ? size : "custom";
@@ -396,7 +401,7 @@ function bindToolbar() {
     state.canvas.prompt = $("prompt").value;
     state.save();
   });
-  for (const id of ["seed", "steps", "guidance", "mode", "random-seed"]) $(id).addEventListener("change", readSettings);
+  for (const id of ["seed", "steps", "guidance", "mode", "random-seed", "instruction"]) $(id).addEventListener("change", readSettings);
   document.addEventListener("keydown", (e) => {
     if (e.target.closest("input, textarea, select")) return;
     if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "z") {
@@ -435,6 +440,9 @@ async function checkServer() {
   try {
     const h = await api.health();
     status($("server-status"), h.model_ready ? `model: ${h.model}` : h.model_error ? `model failed: ${h.model_error}` : `loading ${h.model}…`, !!h.model_error);
+    const refine = $("mode").querySelector("option[value='refine']");
+    refine.disabled = !h.refine_model;
+    refine.title = h.refine_model ? `refine with ${h.refine_model}` : "start the server with --refine-model to use it";
     if (!h.model_ready && !h.model_error) setTimeout(checkServer, 1000);
   } catch (err) {
     status($("server-status"), err.status === 401 ? "open the page with ?token=… (the server asks for one)" : `server: ${err.message}`, true);
