@@ -160,6 +160,11 @@ class ConditioningBuilder:
     def clear(self) -> None:
         self._cache.clear()
 
+    def discard(self, keys: list[tuple[Any, ...]]) -> None:
+        """Drop entries that will not come back (a trainer's randomly jittered layers), keeping the rest."""
+        for key in keys:
+            self._cache.pop(key, None)
+
     # -- planning ------------------------------------------------------------------------------------------
 
     def plan(self, canvas: Canvas, mode: Mode = "layered") -> TokenPlan:

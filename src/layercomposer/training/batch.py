@@ -64,7 +64,7 @@ class SampleEncoder:
     """Encodes training canvases with the same `ConditioningBuilder` as inference; targets cached by content."""
 
     def __init__(self, encode_pixels: Callable[[torch.Tensor], torch.Tensor], mode: Mode = "layered",
-                 max_cached_layers: int = 4096, max_cached_targets: int = 65536) -> None:
+                 max_cached_layers: int = 65536, max_cached_targets: int = 65536) -> None:
         self.encode_pixels = encode_pixels
         self.mode = mode
         self.builder = ConditioningBuilder(encode_pixels, max_entries=max_cached_layers)
@@ -85,6 +85,10 @@ class SampleEncoder:
 
     def encode(self, sample: TrainingSample) -> EncodedSample:
         cond = self.builder.build(sample.canvas, self.mode)
+        # Locked layers are the target's own pixels and come back whenever that target does: keep their
+        # latents. Unlocked layers (and collages) are jittered afresh every time: drop them, so they do not
+        # push the reusable ones out of the cache.
+        self.builder.discard([g.key for g in cond.plan.groups if not g.locked])
         x0 = self.target_tokens(sample)
         tokens = cond.tokens[0] if cond.tokens is not None else x0.new_zeros((0, x0.shape[-1]))
         return EncodedSample(x0=x0, cond=tokens, cond_ids=cond.ids, grid=sample.canvas.grid, prompt=sample.prompt)
