@@ -48,6 +48,8 @@ class SceneImage:
     order: tuple[str, ...]
     """Back-to-front z-order of the picture (background first when present)."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    size: int | None = None
+    """Train at this square size: pictures and layers are resized to cover it and centre-cropped alike."""
 
     @property
     def subjects(self) -> list[str]:
@@ -60,11 +62,11 @@ class SceneImage:
 
     def picture(self) -> Image.Image:
         """The picture as RGB."""
-        return load_rgba(self.file).convert("RGB")
+        return cover_square(load_rgba(self.file), self.size).convert("RGB")
 
     def layer(self, name: str) -> Image.Image:
-        """A full-frame RGBA layer."""
-        return load_rgba(self.layers[name])
+        """A full-frame RGBA layer (the same pixel grid as the picture)."""
+        return cover_square(load_rgba(self.layers[name]), self.size)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,18 @@ class Scene:
         return [im for im in self.images if subject in im.layers]
 
 
+def cover_square(image: Image.Image, size: int | None) -> Image.Image:
+    """Resize to cover a size x size square and centre-crop (premultiplied, so edges do not fringe)."""
+    if size is None or image.size == (size, size):
+        return image
+    w, h = image.size
+    scale = max(size / w, size / h)
+    rw, rh = max(size, round(w * scale)), max(size, round(h * scale))
+    resized = image.convert("RGBa").resize((rw, rh), Image.Resampling.LANCZOS).convert("RGBA")
+    left, top = (rw - size) // 2, (rh - size) // 2
+    return resized.crop((left, top, left + size, top + size))
+
+
 def load_rgba(path: Path) -> Image.Image:
     """Decode a scene image file with the project's limits (RGBA)."""
     try:
@@ -90,7 +104,7 @@ def load_rgba(path: Path) -> Image.Image:
     return decode_image(data, str(path))
 
 
-def load_scene(root: str | Path) -> Scene:
+def load_scene(root: str | Path, size: int | None = None) -> Scene:
     """Read and check one `<scene_id>/scene.json` (files must exist; pixels are not decoded here)."""
     root = Path(root)
     path = root / "scene.json"
@@ -136,7 +150,7 @@ def load_scene(root: str | Path) -> Scene:
         if BACKGROUND in order and order[0] != BACKGROUND:
             raise SceneError(f"{at}.order: the background must come first")
         extra = {k: v for k, v in raw.items() if k not in ("file", "prompt", "layers", "order")}
-        images.append(SceneImage(root.name, i, file, prompt, layers, tuple(order), extra))
+        images.append(SceneImage(root.name, i, file, prompt, layers, tuple(order), extra, size))
     extra = {k: v for k, v in doc.items() if k not in ("subjects", "images")}
     return Scene(root.name, root, tuple(subjects), tuple(images), extra)
 
@@ -161,11 +175,14 @@ class SceneSet:
     scenes: list[Scene]
 
     @classmethod
-    def load(cls, root: str | Path) -> SceneSet:
+    def load(cls, root: str | Path, size: int | None = None) -> SceneSet:
+        """Load every scene; `size` makes every picture and layer a size x size square (cover + crop)."""
         root = Path(root)
         if not root.is_dir():
             raise SceneError(f"{root}: not a folder of scenes")
-        scenes = [load_scene(d) for d in sorted(root.iterdir()) if (d / "scene.json").is_file()]
+        if size is not None and (size % 16 or not 64 <= size <= 4096):
+            raise SceneError(f"resolution {size}: must be a multiple of 16 in 64..4096")
+        scenes = [load_scene(d, size) for d in sorted(root.iterdir()) if (d / "scene.json").is_file()]
         if not scenes:
             raise SceneError(f"{root}: no <scene>/scene.json found")
         return cls(root, scenes)

@@ -42,6 +42,10 @@ class TrainConfig:
     eval_every: int = 250
     eval_samples: int = 16
     export_dtype: str = "float32"
+    resolution: int | None = None
+    """Train at this square size (scenes resized to cover it and centre-cropped); None: their own size."""
+    base: str | None = None
+    """A FLUX.1 Kontext folder to train a LayerComposer LoRA on, with the paper's preset (`KONTEXT_PRESET`)."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     @property
@@ -49,11 +53,23 @@ class TrainConfig:
         return Path(self.output)
 
 
+KONTEXT_PRESET = {
+    # The paper's training of LayerComposer on FLUX.1 Kontext: a rank-512 LoRA on the attention projections,
+    # AdamW at a constant 1e-4, 512 px, bf16; gradient checkpointing to fit a 12B transformer.
+    "lora_rank": 512, "lr": 1e-4, "resolution": 512, "mixed_precision": "bf16", "gradient_checkpointing": True,
+    "guidance": 1.0, "warmup": 0,
+}
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig(data="", output="")
     parser.add_argument("--data", required=True, help="folder of scenes (DESIGN.md section 4 format)")
     parser.add_argument("--output", required=True, help="run folder: checkpoints, metrics, final model")
     parser.add_argument("--model", default=d.model, help="base: a registered config (random init) or a model dir")
+    parser.add_argument("--base", default=None, metavar="KONTEXT_DIR",
+                        help="train a LoRA on this FLUX.1 Kontext folder with the paper's preset (rank 512, lr 1e-4, "
+                        "512 px, bf16, gradient checkpointing); flags given explicitly still win")
+    parser.add_argument("--resolution", type=int, default=None, help="train at this square size (px)")
     parser.add_argument("--vae", default=None, help="AutoencoderKL folder replacing the base's VAE (frozen)")
     parser.add_argument("--mode", default=d.mode, choices=MODES, help="conditioning mode (collage = ablation)")
     parser.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
@@ -80,7 +96,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)} - {"sampling"}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    values = {k: v for k, v in vars(args).items() if k in names}
+    if values.get("base"):
+        defaults = TrainConfig(data="", output="")
+        values["model"] = values["base"]
+        for key, preset in KONTEXT_PRESET.items():
+            if values.get(key) == getattr(defaults, key):  # left at its default: the preset decides
+                values[key] = preset
+    cfg = TrainConfig(**values)
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
         raise LayerComposerError("--steps, --batch-size and --grad-accum must be positive")
     return cfg

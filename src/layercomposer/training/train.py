@@ -101,7 +101,7 @@ class Trainer:
             pipe.text_encoder.to(device)
 
         # 3. Data: scenes, sampled per step from seeded RNGs; VAE latents cached by content.
-        self.scenes = SceneSet.load(cfg.data)
+        self.scenes = SceneSet.load(cfg.data, cfg.resolution)
         self.encoder = SampleEncoder(pipe._encode_pixels, mode=cfg.mode)  # type: ignore[arg-type]
         self.eval_batches = self._eval_batches() if cfg.eval_data else []
         self._text_cache: dict[str, TextEmbeddings] = {}
@@ -123,7 +123,7 @@ class Trainer:
         return collate(encoded)
 
     def _eval_batches(self) -> list[Batch]:
-        held_out = SceneSet.load(self.cfg.eval_data)
+        held_out = SceneSet.load(self.cfg.eval_data, self.cfg.resolution)
         batches, samples = [], []
         for k in range(self.cfg.eval_samples):
             rng = np.random.default_rng([10_000 + self.cfg.seed, k])
