@@ -211,7 +211,9 @@ def evaluate_case(case: Case, pipe, collage_pipe, steps: int, guidance: float | 
         record["prompt"] = {k: {"background": classify_background(pics[k]) == truth_bg,
                                 "lighting": classify_lighting(pics[k]) == truth_light}
                             for k in ("layered", "collage") if k in pics}
-    subjects = [n for n in scene_image.subjects if case.visible[n].any()]
+    # A character can be flipped to unlocked only if another picture of the scene shows it.
+    subjects = [n for n in scene_image.subjects if case.visible[n].any()
+                and any(n in im.layers and im.index != sample.image for im in case.scene.images)]
     if subjects:
         # One character locked vs unlocked, everything else as in the case.
         name = subjects[0]
