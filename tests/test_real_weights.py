@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from layercomposer.errors import ModelError
-from tiny_models import save_tiny_kontext
+from tiny_models import save_tiny_kontext, save_tiny_qwen_edit
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +192,158 @@ def test_refine_an_image_and_a_missing_file(kontext_dir, tmp_path):
     assert base.size == (64, 48)
     bad = cli("refine", str(tmp_path / "missing.png"), "--model", str(kontext_dir))
     assert bad.returncode == 2 and "missing.png: cannot read" in bad.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------
+# refine --backend qwen: Qwen-Image-Edit(-Plus) through diffusers, on tiny random folders in the real layout
+
+
+@pytest.fixture(scope="module")
+def qwen_edit_dir(tmp_path_factory):
+    return save_tiny_qwen_edit(tmp_path_factory.mktemp("models") / "Qwen-Image-Edit-tiny")
+
+
+@pytest.fixture(scope="module")
+def qwen_plus_dir(tmp_path_factory):
+    return save_tiny_qwen_edit(tmp_path_factory.mktemp("models") / "Qwen-Image-Edit-2509-tiny", plus=True)
+
+
+@pytest.fixture(scope="module")
+def two_layer_canvas(tmp_path_factory):
+    """88x72 (generation size 80x64): a red square, and a blue bar inside a transparent margin, over it."""
+    root = tmp_path_factory.mktemp("canvas2")
+    Image.new("RGBA", (24, 24), (200, 30, 30, 255)).save(root / "red.png")
+    blue = Image.new("RGBA", (30, 40), (0, 0, 0, 0))
+    blue.paste((20, 40, 220, 255), (5, 10, 25, 30))  # content 20x20 in a 30x40 image
+    blue.save(root / "blue.png")
+    doc = {"version": 1, "width": 88, "height": 72, "prompt": "two sprites",
+           "layers": [{"name": "red", "image": "red.png", "x": 4, "y": 4},
+                      {"name": "blue", "image": "blue.png", "x": 40, "y": 12}]}
+    (root / "c.json").write_text(json.dumps(doc))
+    return root / "c.json"
+
+
+@pytest.fixture(scope="module")
+def qwen_plain(qwen_edit_dir, two_layer_canvas, tmp_path_factory):
+    """`refine --backend qwen` on the tiny Qwen-Image-Edit folder: (result, its path)."""
+    out = tmp_path_factory.mktemp("qwen_out") / "plain.png"
+    r = cli("refine", str(two_layer_canvas), "--model", str(qwen_edit_dir), "--backend", "qwen", "--steps", "2",
+            "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    return r, out
+
+
+def _pixels(path):
+    return np.asarray(Image.open(path).convert("RGB"), int)
+
+
+def test_refine_with_qwen_image_edit(qwen_plain, qwen_edit_dir, two_layer_canvas, tmp_path):
+    r, out = qwen_plain
+    image = Image.open(out)
+    assert image.size == (80, 64)  # the collage size (the canvas rounded down to 16 px), not the pipeline's 1 MP
+    meta = json.loads(image.info["layercomposer"])
+    assert meta["backend"] == "qwen" and meta["model"] == str(qwen_edit_dir)
+    assert meta["instruction"].startswith("Turn this rough collage") and "Picture 1" not in meta["instruction"]
+    assert "refine/qwen" in r.stderr
+    # No --backend: the folder's model_index.json (QwenImageEditPipeline) picks qwen; same seed, same pixels.
+    auto = tmp_path / "auto.png"
+    r = cli("refine", str(two_layer_canvas), "--model", str(qwen_edit_dir), "--steps", "2", "-o", str(auto))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(Image.open(auto).info["layercomposer"])["backend"] == "qwen"
+    assert np.array_equal(_pixels(auto), _pixels(out))
+    assert _pixels(out).std() > 0  # a real (random) picture, not a blank
+
+
+def test_qwen_backend_detection_and_the_server_detection(qwen_edit_dir, qwen_plus_dir, kontext_dir):
+    from layercomposer.models.registry import resolve_model
+    from layercomposer.refine import auto_backend
+    from layercomposer.server.app import _refine_backend
+
+    assert auto_backend(resolve_model(str(qwen_plus_dir))) == "qwen"
+    assert _refine_backend(str(qwen_edit_dir)) == "qwen"
+    assert _refine_backend(str(kontext_dir)) == "kontext"
+    assert _refine_backend("tiny-random") == "demo"
+    # The saved folder names transformers' processor class, as Qwen/Qwen-Image-Edit's model_index.json does.
+    index = json.loads((qwen_plus_dir / "model_index.json").read_text())
+    assert index["_class_name"] == "QwenImageEditPlusPipeline"
+    assert index["processor"] == ["transformers", "Qwen2VLProcessor"]
+
+
+def test_qwen_plus_with_layers_as_references(qwen_plus_dir, two_layer_canvas, tmp_path):
+    from diffusers import QwenImageEditPlusPipeline
+
+    from layercomposer.canvas import load_canvas
+    from layercomposer.refine import LAYOUT_NOTE, RefineEngine, RefineSettings
+
+    out = tmp_path / "plus.png"
+    r = cli("refine", str(two_layer_canvas), "--model", str(qwen_plus_dir), "--layers-as-references",
+            "--steps", "1", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    image = Image.open(out)
+    meta = json.loads(image.info["layercomposer"])
+    assert image.size == (80, 64) and meta["backend"] == "qwen"
+    assert meta["instruction"].endswith(LAYOUT_NOTE) and meta["instruction"].startswith("Turn this rough collage")
+
+    # What the pipeline is given: the collage, then each layer cropped to its content over white, in z-order.
+    engine = RefineEngine(str(qwen_plus_dir), "qwen")
+    assert isinstance(engine.pipe, QwenImageEditPlusPipeline)
+    seen = {}
+
+    def fake_pipe(**kwargs):
+        seen.update(kwargs)
+        return type("Out", (), {"images": [Image.new("RGB", (kwargs["width"], kwargs["height"]))]})()
+
+    engine.pipe = fake_pipe
+    canvas = load_canvas(two_layer_canvas)
+    engine(canvas, RefineSettings(steps=3, seed=5, layers_as_references=True, instruction="Blend."))
+    collage, red, blue = seen["image"]
+    assert collage.size == (80, 64) and collage.getpixel((10, 10)) == (200, 30, 30)
+    assert collage.getpixel((78, 62)) == (255, 255, 255)  # white where nothing is drawn
+    assert red.size == (24, 24) and red.getpixel((0, 0)) == (200, 30, 30)
+    assert blue.size == (20, 20) and blue.getpixel((0, 0)) == (20, 40, 220)  # the transparent margin cropped off
+    assert seen["prompt"] == f"Blend. {LAYOUT_NOTE}"
+    assert (seen["width"], seen["height"], seen["num_inference_steps"]) == (80, 64, 3)
+    assert seen["true_cfg_scale"] == 4.0 and seen["negative_prompt"] == " "
+    engine(canvas, RefineSettings(guidance=1.0))
+    assert seen["image"].size == (80, 64) and seen["negative_prompt"] is None  # no CFG: no negative prompt
+
+
+def test_layers_as_references_needs_a_plus_model(qwen_edit_dir, two_layer_canvas):
+    from layercomposer.canvas import load_canvas
+    from layercomposer.errors import LayerComposerError
+    from layercomposer.refine import RefineEngine, RefineSettings
+
+    engine = RefineEngine(str(qwen_edit_dir), "qwen")
+    with pytest.raises(LayerComposerError, match="needs --backend qwen with a Qwen-Image-Edit Plus"):
+        engine(load_canvas(two_layer_canvas), RefineSettings(layers_as_references=True))
+
+
+def test_qwen_lora_loads_and_changes_the_output(qwen_plain, qwen_edit_dir, two_layer_canvas, tmp_path):
+    from diffusers import QwenImageEditPipeline, QwenImageTransformer2DModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(3)
+    transformer = QwenImageTransformer2DModel.from_pretrained(qwen_edit_dir / "transformer")
+    # init_lora_weights=False: random A and B, so the adapter is not the identity a fresh LoRA starts as; proj_out
+    # too, as the tiny random transformer's attention barely moves its (small) velocity.
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                       target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_out"]))
+    QwenImageEditPipeline.save_lora_weights(tmp_path / "lora", transformer_lora_layers=get_peft_model_state_dict(
+        transformer))
+    lora = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+    assert lora.is_file()
+    out = tmp_path / "lora.png"
+    r = cli("refine", str(two_layer_canvas), "--model", str(qwen_edit_dir), "--backend", "qwen", "--steps", "2",
+            "--lora", f"{lora}:1.5", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert np.abs(_pixels(out) - _pixels(qwen_plain[1])).max() > 8
+
+
+def test_qwen_backend_on_a_wrong_folder_is_a_one_line_error(kontext_dir, two_layer_canvas, tmp_path):
+    r = cli("refine", str(two_layer_canvas), "--model", str(kontext_dir), "--backend", "qwen",
+            "-o", str(tmp_path / "x.png"))
+    assert r.returncode == 2
+    line = r.stderr.strip()
+    assert "\n" not in line and "--backend qwen needs a Qwen-Image-Edit" in line and "FluxKontextPipeline" in line
+    assert not (tmp_path / "x.png").exists()

@@ -82,3 +82,117 @@ def tiny_kontext(seed: int = 0):
 def save_tiny_kontext(folder: Path, seed: int = 0) -> Path:
     tiny_kontext(seed).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>",
+)
+"""Qwen2.5-VL's special tokens, in its order (ids 151643..151656 there; right after the byte vocab here)."""
+
+
+def tiny_qwen_tokenizer():
+    """A real `Qwen2Tokenizer` (byte-level BPE) over single bytes, a few merges and Qwen2.5-VL's special tokens."""
+    from transformers import Qwen2Tokenizer
+
+    vocab: dict[str, int] = {}
+    for ch in _byte_chars():
+        vocab.setdefault(ch, len(vocab))
+    merges = [("Ġ", "t"), ("h", "e"), ("i", "n"), ("Ġ", "a")]
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    for token in QWEN_SPECIAL_TOKENS:
+        vocab.setdefault(token, len(vocab))
+    # As in Qwen's tokenizer: <|endoftext|> pads and ends; the rest are special (never split, never merged).
+    return Qwen2Tokenizer(vocab=vocab, merges=merges, extra_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
+                          model_max_length=32768)
+
+
+def tiny_qwen_edit(plus: bool = False, seed: int = 0):
+    """A QwenImageEditPipeline (or QwenImageEditPlusPipeline) with tiny random weights, built fully in code.
+
+    Same structure as Qwen-Image-Edit: a VAE downsampling by 8 (so the pipeline's 16 px multiple), 2x2 latent
+    patches, a Qwen2.5-VL text encoder whose vision tower sees the image, and the Qwen-Image scheduler config.
+    """
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageEditPipeline,
+        QwenImageEditPlusPipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from layercomposer.refine import image_only_qwen_processor
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_qwen_tokenizer()
+    tid = tokenizer.convert_tokens_to_ids
+    z_dim = 4
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=4 * z_dim, out_channels=z_dim, num_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, guidance_embeds=False, axes_dims_rope=(4, 6, 6),
+    )
+    # Three downsamples (like the real VAE's dim_mult [1, 2, 4, 4]) at few channels: the pipeline encodes every
+    # input image at about 1 MP, so this VAE's cost dominates a run.
+    vae = AutoencoderKLQwenImage(
+        base_dim=4, z_dim=z_dim, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.1, -0.2, 0.0, 0.3], latents_std=[1.5, 1.0, 2.0, 0.8],
+    )
+    text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 4096,
+            "rope_scaling": {"mrope_section": [2, 3, 3], "rope_type": "default", "type": "default"},
+            "rope_theta": 1_000_000.0, "bos_token_id": tid("<|endoftext|>"), "eos_token_id": tid("<|im_end|>"),
+            "pad_token_id": tid("<|endoftext|>"),
+        },
+        vision_config={
+            "depth": 2, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": 32,
+            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+            "fullatt_block_indexes": [1],
+        },
+        image_token_id=tid("<|image_pad|>"), video_token_id=tid("<|video_pad|>"),
+        vision_start_token_id=tid("<|vision_start|>"), vision_end_token_id=tid("<|vision_end|>"),
+    ))
+    # Qwen2.5-VL's image processor (patches 14 px, merged 2x2), capped at 16 merged tokens an image (the real
+    # one allows 16384) so the tiny vision tower stays cheap.
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28, patch_size=14,
+                                               temporal_patch_size=2, merge_size=2)
+    processor = image_only_qwen_processor()(image_processor=image_processor, tokenizer=tokenizer)
+    scheduler = FlowMatchEulerDiscreteScheduler(  # Qwen-Image's scheduler_config.json
+        num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+        base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
+    )
+    cls = QwenImageEditPlusPipeline if plus else QwenImageEditPipeline
+    return cls(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, processor=processor,
+               transformer=transformer)
+
+
+def save_tiny_qwen_edit(folder: Path, plus: bool = False, seed: int = 0) -> Path:
+    """Save `tiny_qwen_edit` as Qwen/Qwen-Image-Edit(-2509) is laid out (processor class names included)."""
+    import json
+
+    tiny_qwen_edit(plus, seed).save_pretrained(folder, safe_serialization=True)
+    # The pipeline was built with the image-only subclass; the real folders name transformers' class, and carry
+    # the video processor config that its from_pretrained reads (where torchvision is installed).
+    index = json.loads((folder / "model_index.json").read_text())
+    index["processor"] = ["transformers", "Qwen2VLProcessor"]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    for path in [*(folder / "processor").glob("*.json"), *(folder / "tokenizer").glob("*.json")]:
+        if path.name == "tokenizer.json":
+            continue
+        doc = json.loads(path.read_text())
+        if "processor_class" in doc:
+            doc["processor_class"] = "Qwen2VLProcessor"
+        if path.name == "processor_config.json":
+            image = doc["image_processor"]
+            doc["video_processor"] = {
+                "video_processor_type": "Qwen2VLVideoProcessor", "size": image["size"],
+                "patch_size": image["patch_size"], "temporal_patch_size": image["temporal_patch_size"],
+                "merge_size": image["merge_size"], "image_mean": image["image_mean"], "image_std": image["image_std"],
+            }
+        path.write_text(json.dumps(doc, indent=2))
+    return folder

@@ -98,13 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     ref = sub.add_parser("refine", help="refine a rough collage with an image-editing model",
                          description="Flatten a canvas (or take a collage image) and have an instruction "
-                         "image-editing model make it one natural picture (FLUX.1 Kontext, or demo-collage).")
+                         "image-editing model make it one natural picture (FLUX.1 Kontext, Qwen-Image-Edit, or "
+                         "demo-collage).")
     ref.add_argument("source", metavar="CANVAS|IMAGE", help="canvas .json / .lcz, or a collage image")
     ref.add_argument("-o", "--output", default="refined.png")
     ref.add_argument("--model", default=None,
-                     help="FLUX.1 Kontext folder or cached hub id (backend kontext), or demo-collage (default)")
-    ref.add_argument("--backend", choices=("kontext", "demo"), default=None,
-                     help="default: kontext for a FLUX.1 Kontext model, demo otherwise")
+                     help="FLUX.1 Kontext (backend kontext) or Qwen-Image-Edit(-Plus) (backend qwen) folder or "
+                     "cached hub id, or demo-collage (default)")
+    ref.add_argument("--backend", choices=("kontext", "qwen", "demo"), default=None,
+                     help="default: kontext for a FLUX.1 Kontext model, qwen for a Qwen-Image-Edit(-Plus) model, "
+                     "demo otherwise")
+    ref.add_argument("--layers-as-references", action="store_true",
+                     help="qwen backend, Plus model: also pass each visible layer as a reference image")
     ref.add_argument("--instruction", default=None, help="editing instruction (default: make it one photo)")
     ref.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]", help="LoRA file, repeatable")
     ref.add_argument("--trigger", default=None, help="trigger phrase to prepend (known collage LoRAs: automatic)")
@@ -298,7 +303,7 @@ def cmd_world_examples(args: argparse.Namespace) -> int:
 def cmd_refine(args: argparse.Namespace) -> int:
     from .canvas import load_canvas
     from .imageio import decode_image
-    from .models.flux import parse_lora_spec, pipeline_class
+    from .models.flux import parse_lora_spec
     from .models.registry import resolve_model
 
     output = _check_output(args.output)
@@ -316,25 +321,23 @@ def cmd_refine(args: argparse.Namespace) -> int:
     for spec in args.lora:
         parse_lora_spec(spec)
     model = args.model or "demo-collage"
-    backend = args.backend
-    if backend is None:
-        resolved = resolve_model(model)
-        backend = "kontext" if isinstance(resolved, Path) and pipeline_class(resolved) == "FluxKontextPipeline" \
-            else "demo"
 
     from tqdm import tqdm
 
-    from .refine import RefineEngine, RefineSettings, instruction_text
+    from .refine import RefineEngine, RefineSettings, auto_backend, instruction_text
+
+    backend = args.backend or auto_backend(resolve_model(model))
 
     settings = RefineSettings(instruction=args.instruction, steps=args.steps, guidance=args.guidance,
-                              seed=args.seed, loras=args.lora, trigger=args.trigger)
+                              seed=args.seed, loras=args.lora, trigger=args.trigger,
+                              layers_as_references=args.layers_as_references)
     engine = RefineEngine(model, backend, args.device, args.lora)
     bar = tqdm(total=args.steps, desc="refining", unit="step", file=sys.stderr, leave=False)
     try:
         image = engine(source, settings, callback=lambda event: bar.update(1))
     finally:
         bar.close()
-    text = instruction_text(settings) if backend == "kontext" else (args.instruction or "(canvas prompt)")
+    text = instruction_text(settings) if backend in ("kontext", "qwen") else (args.instruction or "(canvas prompt)")
     _save_image(image, output, metadata={"engine": "refine", "backend": backend, "model": model,
                                          "instruction": text, "seed": args.seed, "steps": args.steps})
     print(f"wrote {output} ({image.width}x{image.height}, refine/{backend}: {text!r})", file=sys.stderr)

@@ -64,11 +64,10 @@ def _first_error(errors: Any) -> str:
 
 
 def _refine_backend(model: str) -> str:
-    from ..models.flux import pipeline_class
     from ..models.registry import resolve_model
+    from ..refine import auto_backend
 
-    resolved = resolve_model(model)
-    return "kontext" if isinstance(resolved, Path) and pipeline_class(resolved) == "FluxKontextPipeline" else "demo"
+    return auto_backend(resolve_model(model))
 
 
 def authorised(request: Request) -> None:

@@ -269,7 +269,7 @@ class JobManager:
             progress(event)
 
         # An editing model takes an instruction; our collage model takes the prompt (as `generate` does).
-        text = s.instruction if self._refine.backend == "kontext" else s.prompt
+        text = s.instruction if self._refine.backend in ("kontext", "qwen") else s.prompt
         t0 = _time.perf_counter()
         image = self._refine(job.canvas, RefineSettings(instruction=text, steps=s.steps or 28, guidance=s.guidance,
                                                         seed=s.seed), callback=quiet)
