@@ -149,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--results", default=None, help="write the Markdown results page here (docs/RESULTS.md)")
     es.add_argument("--machine", default="this machine", help="machine description for the results page")
     es.set_defaults(func=cmd_eval_sprites)
+    ex = ev_sub.add_parser("examples", help="figure of the example canvases rendered by a model")
+    ex.add_argument("--model", default=None, help="layered model (default: demo)")
+    ex.add_argument("--collage-model", default=None, help="also render with this collage-conditioned model")
+    ex.add_argument("--examples", default="examples", help="folder of example canvases")
+    ex.add_argument("--out", default="docs/figures/examples.png")
+    ex.add_argument("--steps", type=int, default=28)
+    ex.set_defaults(func=cmd_eval_examples)
     return parser
 
 
@@ -365,6 +372,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"layercomposer editor: http://{args.host}:{args.port}/  (model {model}, outputs {args.outputs})",
           file=sys.stderr)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def cmd_eval_examples(args: argparse.Namespace) -> int:
+    from .eval.sprites import examples_figure
+
+    out = examples_figure(args.model or default_model(), Path(args.examples), Path(args.out), args.steps,
+                          collage_model=args.collage_model)
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 

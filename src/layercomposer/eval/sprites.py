@@ -466,3 +466,25 @@ def _ms(seconds: float | None) -> float | None:
 
 def _pct(value: float | None) -> float | None:
     return None if value is None else 100 * value
+
+
+def examples_figure(model: str, examples: Path, out: Path, steps: int = 28, seed: int = 0,
+                    collage_model: str | None = None) -> Path:
+    """A grid of the example canvases: canvas | (collage model) | layered model | target (when known)."""
+    from ..canvas import load_canvas
+    from ..pipeline import LayerComposerPipeline
+
+    pipe = LayerComposerPipeline.from_pretrained(model)
+    collage_pipe = LayerComposerPipeline.from_pretrained(collage_model) if collage_model else None
+    rows = []
+    for path in sorted(examples.glob("*.json")):
+        canvas = load_canvas(path)
+        row = [canvas_preview(canvas)]
+        if collage_pipe is not None:
+            row.append(collage_pipe(canvas, num_inference_steps=steps, seed=seed, mode="collage"))
+        row.append(pipe(canvas, num_inference_steps=steps, seed=seed))
+        target = examples / "targets" / f"{path.stem}.png"
+        row.append(Image.open(target).convert("RGB") if target.is_file() else Image.new("RGB", row[0].size, "white"))
+        rows.append(row)
+    header = ["canvas (green locked)", *(["collage model"] if collage_pipe else []), "layered model", "target"]
+    return figure_grid(rows, header, out, cell=224)
