@@ -93,3 +93,16 @@ def test_canvas_preview_marks_locks(heldout):
     orange = ((px[..., 0] > 240) & (px[..., 1] > 130) & (px[..., 1] < 170) & (px[..., 2] < 40)).sum()
     assert (green > 0) == any(n for n in case.sample.locked)
     assert (orange > 0) == any(n != "background" for n in case.sample.unlocked)
+
+
+def test_examples_figure(tmp_path):
+    from pathlib import Path
+
+    from layercomposer.eval.sprites import examples_figure
+
+    root = Path(__file__).resolve().parent.parent / "examples"
+    out = examples_figure("tiny-random", root, tmp_path / "examples.png", steps=1)
+    grid = Image.open(out)
+    n = len(list(root.glob("*.json")))
+    # 3 columns of 224 px cells (+ 4 px gaps) and one row per example under a 22 px header.
+    assert grid.size == (3 * 228 + 4, 22 + n * 228 + 4)
