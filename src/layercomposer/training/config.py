@@ -148,6 +148,8 @@ def add_vae_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--kl-weight", type=float, default=d.kl_weight)
     parser.add_argument("--edge-weight", type=float, default=d.edge_weight, help="image-gradient L1 weight")
+    parser.add_argument("--layer-share", type=float, default=d.layer_share,
+                        help="share of crops taken from layers (characters on the fill colour) instead of pictures")
     parser.add_argument("--sample-posterior", action="store_true", help="decode posterior samples (KL-VAE)")
     parser.add_argument("--save-every", type=int, default=d.save_every, help="save OUTPUT/vae every N steps")
     parser.add_argument("--init", default=None, help="start from this AutoencoderKL folder")
