@@ -54,8 +54,16 @@ def make_batch(pictures: list, layers: list, cfg: VaeTrainConfig, step: int) -> 
         pool = layers if as_layer else pictures
         px = load_pixels(pool[int(rng.integers(len(pool)))], as_layer)
         _, h, w = px.shape
-        y = int(rng.integers(0, h - cfg.crop + 1)) // 8 * 8
-        x = int(rng.integers(0, w - cfg.crop + 1)) // 8 * 8
+        if as_layer and (px != 0).any():
+            # Characters are small: centre the crop near the layer's content, or it is mostly fill colour.
+            ys, xs = np.nonzero((px != 0).any(axis=0))
+            cy = (ys.min() + ys.max()) // 2 + int(rng.integers(-cfg.crop // 4, cfg.crop // 4 + 1))
+            cx = (xs.min() + xs.max()) // 2 + int(rng.integers(-cfg.crop // 4, cfg.crop // 4 + 1))
+            y = int(np.clip(cy - cfg.crop // 2, 0, h - cfg.crop)) // 8 * 8
+            x = int(np.clip(cx - cfg.crop // 2, 0, w - cfg.crop)) // 8 * 8
+        else:
+            y = int(rng.integers(0, h - cfg.crop + 1)) // 8 * 8
+            x = int(rng.integers(0, w - cfg.crop + 1)) // 8 * 8
         crop = px[:, y:y + cfg.crop, x:x + cfg.crop]
         if rng.random() < 0.5:
             crop = crop[:, :, ::-1]
