@@ -349,3 +349,26 @@ def test_kontext_preset_and_resolution(scenes_dir, tmp_path):
     assert sample.target.size == (64, 64) and (sample.canvas.width, sample.canvas.height) == (64, 64)
     flat = np.asarray(sample.canvas.flatten().convert("RGB"), int)
     assert np.abs(flat - np.asarray(sample.target, int)).mean() < 2.0  # resized alike: still recomposes
+
+
+def test_vae_stage_and_decoder_only_fine_tuning(scenes_dir, tmp_path):
+    from diffusers import AutoencoderKL
+
+    from layercomposer.training.config import VaeTrainConfig
+    from layercomposer.training.vae import train_vae
+
+    out = train_vae(VaeTrainConfig(data=str(scenes_dir), output=str(tmp_path / "vae"), model="tiny-random",
+                                   steps=3, batch_size=2, crop=64, log_every=1, save_every=2), progress=False)
+    first = AutoencoderKL.from_pretrained(out)
+    # The latent normalisation is measured, not left at the config's value.
+    assert first.config.scaling_factor != 0.3611 and first.config.shift_factor != 0.1159
+    assert (tmp_path / "vae" / "loss.png").is_file()
+    tuned = train_vae(VaeTrainConfig(data=str(scenes_dir), output=str(tmp_path / "dec"), init=str(out),
+                                     decoder_only=True, steps=3, batch_size=2, crop=64, lr=1e-2, log_every=1),
+                      progress=False)
+    second = AutoencoderKL.from_pretrained(tuned)
+    enc_a, enc_b = first.encoder.state_dict(), second.encoder.state_dict()
+    assert all(torch.equal(enc_a[k], enc_b[k]) for k in enc_a)  # the latent space is kept
+    dec_a, dec_b = first.decoder.state_dict(), second.decoder.state_dict()
+    assert any(not torch.equal(dec_a[k], dec_b[k]) for k in dec_a)
+    assert second.config.scaling_factor == first.config.scaling_factor
