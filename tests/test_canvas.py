@@ -346,3 +346,8 @@ def test_in_memory_canvas_validation():
         Canvas(64, 64, [Layer("a", img), Layer("a", img)]).validate()
     with pytest.raises(CanvasError, match="width: 10000 is outside"):
         Canvas(10000, 64).validate()
+
+
+def test_size_note():
+    assert Canvas(256, 256).size_note() is None
+    assert Canvas(100, 70).size_note().startswith("canvas 100x70 is generated at 96x64")

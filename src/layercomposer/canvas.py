@@ -188,6 +188,14 @@ class Canvas:
         w, h = self.generation_size
         return h // TOKEN_PX, w // TOKEN_PX
 
+    def size_note(self) -> str | None:
+        """A note when the picture is cropped to multiples of 16 px (None when nothing is cropped)."""
+        w, h = self.generation_size
+        if (w, h) != (self.width, self.height):
+            return f"canvas {self.width}x{self.height} is generated at {w}x{h} (whole 16 px tokens; right and " \
+                   "bottom edges cropped)"
+        return None
+
     def visible_layers(self) -> list[Layer]:
         return [layer for layer in self.layers if layer.visible]
 

@@ -189,6 +189,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     output = _check_output(args.output)
     canvas = load_canvas(args.canvas)  # bad input fails before the (slow) model load
+    if canvas.size_note():
+        print(f"layercomposer: note: {canvas.size_note()}", file=sys.stderr)
     if args.steps is not None and not 1 <= args.steps <= 1000:
         raise LayerComposerError(f"--steps: must be between 1 and 1000, got {args.steps}")
     from .models.flux import parse_lora_spec

@@ -16,7 +16,7 @@ from einops import rearrange
 from PIL import Image
 
 from . import __version__
-from .canvas import TOKEN_PX, Canvas
+from .canvas import Canvas
 from .conditioning import MODES, Conditioning, ConditioningBuilder, Mode, TokenPlan, grid_ids
 from .errors import LayerComposerError, ModelError
 from .flow import FlowSchedule
@@ -354,11 +354,3 @@ class LayerComposerPipeline:
     def preview(self, tokens: torch.Tensor, grid: tuple[int, int]) -> Image.Image:
         """Decode intermediate latents (e.g. a StepEvent's `denoised`) for a progress preview."""
         return self.decode(tokens, grid)
-
-
-def generation_size_note(canvas: Canvas) -> str | None:
-    """A note when the canvas is cropped to a multiple of 16 px for generation."""
-    w, h = canvas.generation_size
-    if (w, h) != (canvas.width, canvas.height):
-        return f"canvas {canvas.width}x{canvas.height} is generated at {w}x{h} (multiples of {TOKEN_PX} px)"
-    return None
