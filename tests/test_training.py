@@ -262,6 +262,25 @@ def test_trainer_writes_metrics_curve_checkpoints_and_model(scenes_dir, tmp_path
     image = pipe(Canvas(64, 64, [layer("a", solid(20, 20))]), num_inference_steps=2)
     assert image.size == (64, 64)
 
+    # Any checkpoint exports as a model folder; the last one equals the model the run exported itself.
+    from safetensors.torch import load_file
+
+    from layercomposer.cli import main
+
+    assert main(["train-export", str(run), "-o", str(tmp_path / "at6"), "--dtype", cfg.export_dtype]) == 0
+    assert main(["train-export", str(run), "--step", "3", "-o", str(tmp_path / "at3")]) == 0
+    weights = "transformer/diffusion_pytorch_model.safetensors"
+    final, at6, at3 = (load_file(d / weights) for d in (run / "model", tmp_path / "at6", tmp_path / "at3"))
+    assert all(torch.equal(final[k], at6[k]) for k in final)
+    assert any(not torch.equal(final[k].float(), at3[k].float()) for k in final)
+    assert next(iter(at3.values())).dtype == torch.float16
+    te = "text_encoder/model.safetensors"
+    assert all(torch.equal(a, b) for a, b in zip(load_file(run / "model" / te).values(),
+                                                   load_file(tmp_path / "at6" / te).values(), strict=True))
+    assert LayerComposerPipeline.from_pretrained(tmp_path / "at3").name == "at3"
+    assert main(["train-export", str(run), "--step", "4", "-o", str(tmp_path / "at4")]) == 2
+    assert not (tmp_path / "at4").exists()
+
 
 def test_resume_gives_the_same_next_loss(scenes_dir, tmp_path):
     from layercomposer.training.metrics import read_metrics

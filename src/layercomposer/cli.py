@@ -77,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "Also runs as `accelerate launch -m layercomposer.training.train ...`.")
     add_train_arguments(tr)
     tr.set_defaults(func=cmd_train)
+    te = sub.add_parser("train-export", help="export one checkpoint of a training run as a model folder",
+                        description="Turn a checkpoint of a full-training run into a pipeline folder that "
+                        "--model accepts (the newest one unless --step is given).")
+    te.add_argument("run", help="the run folder given to `train --output`")
+    te.add_argument("-o", "--output", required=True, help="new model folder")
+    te.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    te.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"])
+    te.add_argument("--name", default=None, help="model name stored in the folder (default: its folder name)")
+    te.set_defaults(func=cmd_train_export)
     tv = sub.add_parser("train-vae", help="train the demo model's VAE on scenes",
                         description="Train a small AutoencoderKL on scene pictures and layers (the demo's VAE).")
     add_vae_arguments(tv)
@@ -156,6 +165,38 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", default="docs/figures/examples.png")
     ex.add_argument("--steps", type=int, default=28)
     ex.set_defaults(func=cmd_eval_examples)
+
+    cut = sub.add_parser("cutout", help="cut a person or an object out of a photo into an RGBA layer",
+                         description="Cut the subject out of a photo: a person (MediaPipe selfie segmentation, "
+                         "default) or an object in a box (OpenCV GrabCut); clean, feathered alpha; cropped to the "
+                         "content. Needs the photo extra: pip install \"layercomposer[photo]\".")
+    cut.add_argument("photo", metavar="PHOTO", help="photo file (.png, .jpg, .webp, ...)")
+    cut.add_argument("-o", "--output", required=True, help="output layer (.png or .webp keep transparency)")
+    how = cut.add_mutually_exclusive_group()
+    how.add_argument("--person", action="store_true", help="segment the person (default)")
+    how.add_argument("--box", metavar="X0,Y0,X1,Y1", help="GrabCut the object inside this box (pixels)")
+    cut.set_defaults(func=cmd_cutout)
+
+    sc = sub.add_parser("scenes", help="training scenes from photos")
+    sc_sub = sc.add_subparsers(dest="scenes_command", required=True, metavar="SCENES_COMMAND")
+    sb = sc_sub.add_parser("build", help="turn folders of photos of the same people into training scenes",
+                           description="One sub-folder of PHOTOS_DIR per scene (several photos of the same "
+                           "people) -> DESIGN.md section 4 scenes: one layer per person per photo, identities "
+                           "matched across photos by face embedding, background with the people inpainted away. "
+                           "Prompt: <photo>.txt, else the scene's prompt.txt, else --template. Needs the photo "
+                           "extra.")
+    sb.add_argument("photos", metavar="PHOTOS_DIR")
+    sb.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder (one per scene)")
+    sb.add_argument("--max-people", type=int, default=4, help="skip photos with more people (default 4)")
+    sb.add_argument("--min-face", type=int, default=32, help="smaller faces (px) are not subjects (default 32)")
+    sb.add_argument("--max-side", type=int, default=1024, help="downscale larger photos to this (default 1024)")
+    sb.add_argument("--min-score", type=float, default=0.6, help="face detection confidence (default 0.6)")
+    sb.add_argument("--template", default="a photo of {people}",
+                    help="prompt without a sidecar text; {people} and {n} are filled in (default: %(default)r)")
+    sb.add_argument("--embedder", choices=("auto", "dlib", "hog-colour"), default="auto",
+                    help="face embedding for identities (auto: dlib when installed, else the weak hog-colour)")
+    sb.add_argument("--overwrite", action="store_true", help="replace scenes that exist in OUT_DIR")
+    sb.set_defaults(func=cmd_scenes_build)
     return parser
 
 
@@ -280,6 +321,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_export(args: argparse.Namespace) -> int:
+    from .training.train import export_checkpoint
+
+    out = export_checkpoint(args.run, args.output, step=args.step, dtype=args.dtype, name=args.name)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_train_vae(args: argparse.Namespace) -> int:
     from .training.config import vae_config_from_args
     from .training.vae import train_vae
@@ -401,6 +450,37 @@ def cmd_eval_sprites(args: argparse.Namespace) -> int:
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         Path(args.results).write_text(results_markdown(report, command, args.machine))
     print(json.dumps(report["summary"], indent=2))
+    return 0
+
+
+def cmd_cutout(args: argparse.Namespace) -> int:
+    from .photo.cutout import cutout, load_photo, parse_box
+
+    output = _check_output(args.output)
+    box_text = args.box
+    if box_text is not None:
+        parse_box(box_text)  # syntax first, before reading the photo
+    photo = load_photo(args.photo)
+    box = parse_box(box_text, photo.size) if box_text is not None else None
+    result = cutout(photo, box=box)
+    x0, y0, x1, y1 = result.box
+    _save_image(result.layer, output, metadata={"source": str(args.photo), "box": [x0, y0, x1, y1],
+                                                "method": result.method})
+    print(f"wrote {output} ({result.layer.width}x{result.layer.height}, at {x0},{y0} in the "
+          f"{photo.width}x{photo.height} photo; {result.method})", file=sys.stderr)
+    return 0
+
+
+def cmd_scenes_build(args: argparse.Namespace) -> int:
+    from .photo.scenes import BuildOptions, build_scenes
+
+    options = BuildOptions(max_people=args.max_people, min_face=args.min_face, max_side=args.max_side,
+                           min_score=args.min_score, template=args.template, embedder=args.embedder,
+                           overwrite=args.overwrite)
+    report = build_scenes(args.photos, args.output, options,
+                          warn=lambda line: print(f"layercomposer: {line}", file=sys.stderr))
+    print(f"wrote {len(report.scenes)} scenes ({report.images} images, {len(report.skipped)} photos skipped) to "
+          f"{args.output}; identities by {report.embedder}", file=sys.stderr)
     return 0
 
 

@@ -314,3 +314,64 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def export_checkpoint(run: str | Path, out: str | Path, step: int | None = None, dtype: str = "float16",
+                      name: str | None = None) -> Path:
+    """Turn one checkpoint of a full-training run into a pipeline folder (what `--model DIR` loads).
+
+    Any checkpoint, not only the last: pick the step whose samples or eval loss are best. The folder is
+    written beside `out` and renamed into place, so an interrupted export leaves nothing half-written.
+    """
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file
+
+    from ..models.registry import REGISTRY
+    from ..pipeline import LayerComposerPipeline
+
+    run, out = Path(run), Path(out)
+    cfg_path = run / "config.json"
+    if not cfg_path.is_file():
+        raise LayerComposerError(f"{run}: not a training run (config.json missing)")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("lora_rank", 0) > 0:
+        raise LayerComposerError(f"{run}: a LoRA run; its LoRA file is exported to {run / 'lora'} at the end")
+    done = {json.loads((p / "trainer_state.json").read_text())["step"]: p
+            for p in sorted((run / "checkpoints").glob("step-*")) if (p / "trainer_state.json").is_file()}
+    if not done:
+        raise LayerComposerError(f"{run}: no complete checkpoint in {run / 'checkpoints'}")
+    if step is None:
+        step = max(done)
+    if step not in done:
+        raise LayerComposerError(f"{run}: no checkpoint at step {step} (have {', '.join(map(str, sorted(done)))})")
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise LayerComposerError(f"dtype: float32, float16 or bfloat16, got {dtype!r}")
+    if out.exists():
+        raise LayerComposerError(f"{out}: already exists; choose a new folder")
+    ckpt = done[step]
+
+    model = cfg["model"]
+    pipe = (LayerComposerPipeline.from_config(REGISTRY[model]) if model in REGISTRY
+            else LayerComposerPipeline.from_pretrained(model))
+    if cfg.get("vae"):
+        pipe.vae = AutoencoderKL.from_pretrained(cfg["vae"], use_safetensors=True, torch_dtype=torch.float32).eval()
+    pipe.transformer.load_state_dict(load_file(ckpt / "model.safetensors"))
+    if cfg.get("train_text_encoder"):
+        pipe.text_encoder.model.load_state_dict(load_file(ckpt / "model_1.safetensors"))
+    pipe.name = name or out.name
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # casting a whole model on purpose: no per-module warning
+    try:
+        pipe.to("cpu", getattr(torch, dtype))
+    finally:
+        diffusers_logging.set_verbosity(level)
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        pipe.save_pretrained(tmp)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
