@@ -184,3 +184,39 @@ def test_fill_colour_is_zero_and_alpha_premultiplies():
     assert out[:, 0, 0].tolist() == [0, 0, 0]
     assert out[:, 0, 1].tolist() == [1, -1, -1]
     assert np.allclose(out[:, 0, 2], 0.2)  # white at alpha 0.2 over grey: (2 * 1 - 1) * 0.2
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hard locking: which cells show locked layers only (counted by hand on a 64x64 canvas, 4x4 cells)
+
+
+def test_hard_lock_cells_by_hand(make_canvas):
+    from conftest import layer, solid
+    from layercomposer.conditioning import hard_lock_target
+
+    base = layer("base", solid(32, 32), locked=True)  # covers cells (0,0) (0,1) (1,0) (1,1) exactly
+    cells, picture = hard_lock_target(make_canvas(64, 64, [base]))
+    expected = np.zeros((4, 4), bool)
+    expected[:2, :2] = True
+    assert (cells == expected).all()
+    assert picture.size == (64, 64) and picture.getpixel((5, 5)) == (255, 0, 0, 255)
+    assert picture.getpixel((40, 40))[3] == 0
+
+    # An unlocked layer in front touching cell (0,1) (x 20..27, y 4..11) takes that cell from the lock;
+    # a locked 20x20 square at (40,40) fills no cell completely; an opaque unlocked layer hides the
+    # locked one below it at cell (1,0).
+    front = layer("front", solid(8, 8, (0, 0, 255, 255)), x=20, y=4)
+    corner = layer("corner", solid(20, 20), x=40, y=40, locked=True)
+    cover = layer("cover", solid(16, 16, (0, 255, 0, 255)), x=0, y=16)
+    cells, _ = hard_lock_target(make_canvas(64, 64, [base, cover, front, corner]))
+    expected[0, 1] = expected[1, 0] = False
+    assert (cells == expected).all()
+
+    # A half-transparent locked layer is not "locked only"; hidden layers do not count; nothing locked
+    # means no picture at all.
+    ghost = layer("ghost", solid(64, 64, (9, 9, 9, 128)), locked=True)
+    assert not hard_lock_target(make_canvas(64, 64, [ghost]))[0].any()
+    unlocked = layer("u", solid(64, 64))
+    assert hard_lock_target(make_canvas(64, 64, [unlocked]))[1] is None
+    hidden = layer("h", solid(64, 64, (0, 0, 255, 255)), visible=False)
+    assert hard_lock_target(make_canvas(64, 64, [base, hidden]))[0].sum() == 4

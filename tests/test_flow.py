@@ -98,3 +98,23 @@ def test_logit_normal_times_are_seeded_and_in_range():
     b = sample_logit_normal(1000, torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and a.min() > 0 and a.max() < 1
     assert abs(a.median().item() - 0.5) < 0.05
+
+
+def test_known_region_follows_the_noised_path_and_ends_exact():
+    """Known tokens sit on (1 - s) x0 + s e after every step; the others follow the velocity field."""
+    from layercomposer.sampler import KnownRegion, sample_euler
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 6, 4, generator=g)
+    x0 = torch.randn(1, 6, 4, generator=g)
+    mask = torch.tensor([1.0, 0, 1, 0, 0, 1]).reshape(1, 6, 1)
+    sigmas = torch.tensor([1.0, 0.75, 0.4, 0.0])
+    seen = []
+    out = sample_euler(lambda x, s: torch.ones_like(x), noise, sigmas,
+                       callback=lambda e: seen.append((e.sigma, e.latents.clone())), known=KnownRegion(x0, mask))
+    keep = mask.bool().expand_as(x0)
+    for s, lat in seen:
+        assert torch.allclose(lat[keep], ((1 - s) * x0 + s * noise)[keep])
+    assert torch.equal(out[keep], x0[keep])
+    # Free tokens: x = e + (0 - 1) * 1 under the constant velocity 1.
+    assert torch.allclose(out[~keep], (noise - 1.0)[~keep])

@@ -174,3 +174,23 @@ def test_vae_tiling_keeps_the_picture_close():
     pipe.conditioning.clear()
     tiled = np.asarray(pipe(canvas, num_inference_steps=1), dtype=np.int16)
     assert tiled.shape == plain.shape and np.abs(tiled - plain).mean() < 20
+
+
+def test_hard_lock_holds_the_locked_cells_to_their_latents(tiny_pipe, make_canvas):
+    from conftest import layer, solid
+    from layercomposer.conditioning import composite_on_fill, hard_lock_target
+
+    bg = layer("bg", solid(64, 64, (30, 120, 200, 255)), kind="background", locked=True)
+    sprite = layer("s", solid(24, 24, (250, 200, 0, 255)), x=8, y=8)
+    canvas = make_canvas(64, 64, [bg, sprite])
+    seen = []
+    result = tiny_pipe.generate(canvas, num_inference_steps=3, seed=1, hard_lock=True,
+                                callback=lambda e: seen.append(e.latents))
+    cells, picture = hard_lock_target(canvas)
+    assert result.hard_locked == int(cells.sum()) == 16 - 4  # the sprite touches cells (0..1, 0..1)
+    x0 = tiny_pipe._encode_pixels(torch.from_numpy(composite_on_fill(picture))[None])
+    held = torch.from_numpy(cells.reshape(-1))
+    assert torch.equal(seen[-1][0, held], x0[0, held])
+    free = tiny_pipe.generate(canvas, num_inference_steps=3, seed=1)
+    assert free.hard_locked is None and not free.settings()["hard_lock"] and result.settings()["hard_lock"]
+    assert not torch.equal(seen[-1][0, ~held], x0[0, ~held])

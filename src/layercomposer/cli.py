@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="model name (demo, demo-collage, tiny-random) or directory (default: demo)")
     gen.add_argument("--mode", choices=("layered", "unpruned", "collage"), default="layered",
                      help="conditioning: layered (pruned, default), unpruned, or collage (flattened)")
+    gen.add_argument("--hard-lock", action="store_true",
+                     help="also hold the cells showing only locked layers to their latents while sampling "
+                     "(inpainting-style; exact locked pixels up to the VAE)")
     gen.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     gen.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                      help="LoRA file (diffusers/peft or kohya format), repeatable; scale defaults to 1")
@@ -266,15 +269,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         result = pipe.generate(canvas, prompt=args.prompt, num_inference_steps=args.steps,
                                guidance_scale=args.guidance, seed=args.seed, mode=args.mode,
-                               callback=lambda event: bar.update(1))
+                               callback=lambda event: bar.update(1), hard_lock=args.hard_lock)
     finally:
         bar.close()
     settings = {**result.settings(), "model": args.model or default_model(), "canvas": str(args.canvas)}
     _save_image(result.image, output, metadata=settings)
     plan = result.plan
+    held = "" if result.hard_locked is None else f", {result.hard_locked} cells hard-locked"
     print(
         f"wrote {output} ({result.image.width}x{result.image.height}, {plan.total} condition tokens "
-        f"[{plan.mode}] + {plan.noisy} noisy; load {load_s:.1f}s, condition {result.seconds['condition']:.1f}s, "
+        f"[{plan.mode}] + {plan.noisy} noisy{held}; load {load_s:.1f}s, condition {result.seconds['condition']:.1f}s, "
         f"sample {result.seconds['sample']:.1f}s, decode {result.seconds['decode']:.1f}s)",
         file=sys.stderr,
     )

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from PIL import Image
 
-from .canvas import TOKEN_PX, Canvas, Layer
+from .canvas import TOKEN_PX, Canvas, Layer, alpha_array
 from .errors import LayerComposerError
 
 if TYPE_CHECKING:
@@ -262,6 +262,29 @@ class Conditioning:
     @property
     def count(self) -> int:
         return int(self.ids.shape[0])
+
+
+def hard_lock_target(canvas: Canvas, full: float = 0.99) -> tuple[np.ndarray, Image.Image | None]:
+    """For hard locking: which grid cells show locked layers only, and the picture of the locked layers.
+
+    Back to front, a pixel's *locked weight* w becomes `a * locked + (1 - a) * w` for each visible layer
+    with alpha `a`: the share of its final colour that comes from locked layers. A cell is hard-locked iff
+    w >= `full` at all its 256 pixels (so a cell touched by an unlocked layer in front, or by a locked
+    layer's soft edge, is left to the model). Returns the (rows, cols) bool mask and the locked layers
+    flattened over transparency (None when no cell qualifies).
+    """
+    gw, gh = canvas.generation_size
+    rows, cols = canvas.grid
+    weight = np.zeros((gh, gw), dtype=np.float32)
+    locked_picture = Image.new("RGBA", (gw, gh), (0, 0, 0, 0))
+    for layer in canvas.visible_layers():
+        rendered = canvas.render_layer(layer, (gw, gh))
+        a = alpha_array(rendered)
+        weight = a * float(layer.locked) + (1.0 - a) * weight
+        if layer.locked:
+            locked_picture = Image.alpha_composite(locked_picture, rendered)
+    cells = weight.reshape(rows, TOKEN_PX, cols, TOKEN_PX).min(axis=(1, 3)) >= full
+    return cells, (locked_picture if cells.any() else None)
 
 
 def grid_ids(rows: int, cols: int, index: int = 0) -> np.ndarray:

@@ -17,13 +17,22 @@ from PIL import Image
 
 from . import __version__
 from .canvas import Canvas
-from .conditioning import MODES, Conditioning, ConditioningBuilder, Mode, TokenPlan, grid_ids
+from .conditioning import (
+    MODES,
+    Conditioning,
+    ConditioningBuilder,
+    Mode,
+    TokenPlan,
+    composite_on_fill,
+    grid_ids,
+    hard_lock_target,
+)
 from .errors import LayerComposerError, ModelError
 from .flow import FlowSchedule
 from .models.flux import FLUX_PIPELINES, FluxTextEncoder, load_flux_folder, load_loras
 from .models.registry import ModelConfig, build_random, resolve_model
 from .models.text import ClipTextEncoder, TextEmbeddings, TextEncoder
-from .sampler import StepCallback, sample_euler
+from .sampler import KnownRegion, StepCallback, sample_euler
 
 PIPELINE_CLASS = "LayerComposerPipeline"
 _TEXT_ENCODERS: dict[str, type] = {"clip": ClipTextEncoder, "flux": FluxTextEncoder}
@@ -51,11 +60,14 @@ class GenerationResult:
     mode: Mode
     plan: TokenPlan
     seconds: dict[str, float] = field(default_factory=dict)
+    hard_locked: int | None = None
+    """With `hard_lock`: how many grid cells were held to the locked layers; None without."""
 
     def settings(self) -> dict[str, Any]:
         """The settings to reproduce this picture (JSON)."""
         return {"prompt": self.prompt, "seed": self.seed, "steps": self.steps,
-                "guidance_scale": self.guidance_scale, "mode": self.mode}
+                "guidance_scale": self.guidance_scale, "mode": self.mode,
+                "hard_lock": self.hard_locked is not None}
 
 
 class LayerComposerPipeline:
@@ -277,8 +289,15 @@ class LayerComposerPipeline:
         seed: int = 0,
         mode: Mode = "layered",
         callback: StepCallback | None = None,
+        hard_lock: bool = False,
     ) -> GenerationResult:
-        """Render `canvas`; `prompt` overrides the canvas's own. Same seed, same picture (bit for bit on CPU)."""
+        """Render `canvas`; `prompt` overrides the canvas's own. Same seed, same picture (bit for bit on CPU).
+
+        `hard_lock=True` also holds the grid cells that show locked layers only to those layers' latents
+        while sampling (inpainting-style; see `conditioning.hard_lock_target`): pixel-level fidelity
+        there up to the VAE, whatever the model's own fidelity; cells with any unlocked or soft-edge
+        content stay the model's.
+        """
         canvas.validate()
         if mode not in MODES:
             raise LayerComposerError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
@@ -329,14 +348,25 @@ class LayerComposerPipeline:
                 return v_uncond + guidance * (v_cond - v_uncond)
             return out
 
+        known, hard_locked = None, (0 if hard_lock else None)
+        if hard_lock:
+            cells, picture = hard_lock_target(canvas)
+            if picture is not None:
+                with torch.no_grad():
+                    x0 = self._encode_pixels(torch.from_numpy(composite_on_fill(picture))[None])
+                mask = torch.from_numpy(cells.reshape(1, -1, 1)).to(device, dtype)
+                known = KnownRegion(x0.to(device, dtype), mask)
+                hard_locked = int(cells.sum())
+            seconds["hard_lock"] = time.perf_counter() - t1
+
         sigmas = self.schedule.sigmas(steps, n_noisy)
-        latents = sample_euler(velocity, noise, sigmas, callback)
+        latents = sample_euler(velocity, noise, sigmas, callback, known)
         t2 = time.perf_counter()
         seconds["sample"] = t2 - t1
         image = self.decode(latents, (rows, cols))
         seconds["decode"] = time.perf_counter() - t2
         return GenerationResult(image=image, prompt=text, seed=int(seed), steps=steps, guidance_scale=guidance,
-                                mode=mode, plan=cond.plan, seconds=seconds)
+                                mode=mode, plan=cond.plan, seconds=seconds, hard_locked=hard_locked)
 
     def __call__(
         self,
@@ -347,9 +377,11 @@ class LayerComposerPipeline:
         seed: int = 0,
         mode: Mode = "layered",
         callback: StepCallback | None = None,
+        hard_lock: bool = False,
     ) -> Image.Image:
         """Render `canvas` and return the picture (see `generate` for the details)."""
-        return self.generate(canvas, prompt, num_inference_steps, guidance_scale, seed, mode, callback).image
+        return self.generate(canvas, prompt, num_inference_steps, guidance_scale, seed, mode, callback,
+                             hard_lock).image
 
     def preview(self, tokens: torch.Tensor, grid: tuple[int, int]) -> Image.Image:
         """Decode intermediate latents (e.g. a StepEvent's `denoised`) for a progress preview."""
