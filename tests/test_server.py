@@ -278,3 +278,14 @@ def test_refine_mode_jobs(tmp_path, pipe):
         info = upload(c)
         r = c.post("/api/jobs", json={"canvas": canvas_doc(info["id"]), "settings": {"mode": "refine", "steps": 1}})
         assert r.status_code == 400 and "--refine-model" in r.json()["error"]
+
+
+def test_hard_lock_setting_reaches_the_sampler(client):
+    info = upload(client, png(32, 32))  # opaque at (16, 16): exactly the 4 cells (1..2, 1..2) of the 4x4 grid
+    r = client.post("/api/jobs", json={"canvas": canvas_doc(info["id"]),
+                                       "settings": {"steps": 2, "hard_lock": True}})
+    job = wait_done(client, r.json()["id"])
+    assert job["status"] == "done" and job["settings"]["hard_lock"] is True
+    assert job["stats"]["hard_locked"] == 4
+    r = client.post("/api/jobs", json={"canvas": canvas_doc(info["id"]), "settings": {"steps": 2}})
+    assert wait_done(client, r.json()["id"])["stats"]["hard_locked"] is None

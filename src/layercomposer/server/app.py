@@ -93,6 +93,8 @@ class SettingsIn(BaseModel):
     guidance: float | None = Field(default=None, ge=0.0, le=30.0)
     mode: Literal["layered", "unpruned", "collage", "refine"] = "layered"
     instruction: str | None = Field(default=None, max_length=2000)
+    hard_lock: bool = False
+    """Hold the cells that show locked layers only to their latents (model modes; ignored by refine)."""
 
 
 class CanvasJobIn(BaseModel):

@@ -46,6 +46,8 @@ class JobSettings:
     """layered, unpruned, collage (the model of the server) or refine (the refine engine)."""
     instruction: str | None = None
     """Refine only: the editing instruction (default: make the collage one natural picture)."""
+    hard_lock: bool = False
+    """Hold the cells that show locked layers only to their latents while sampling."""
 
 
 @dataclass
@@ -224,9 +226,11 @@ class JobManager:
                 image, stats = self._run_refine(job, progress)
             else:
                 result = pipe.generate(job.canvas, prompt=s.prompt, num_inference_steps=s.steps,
-                                       guidance_scale=s.guidance, seed=s.seed, mode=s.mode, callback=progress)
+                                       guidance_scale=s.guidance, seed=s.seed, mode=s.mode, callback=progress,
+                                       hard_lock=s.hard_lock)
                 image = result.image
                 stats = {"tokens": result.plan.total, "noisy": result.plan.noisy, "mode": result.plan.mode,
+                         "hard_locked": result.hard_locked,
                          "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
             folder = self.jobs_dir / job.id
             folder.mkdir(parents=True, exist_ok=True)

@@ -193,11 +193,12 @@ function readSettings() {
   s.guidance = g === "" ? null : Number(g);
   s.mode = $("mode").value;
   s.instruction = $("instruction").value.trim() || null;
+  s.hardLock = $("hard-lock").checked;
   $("instruction-row").hidden = s.mode !== "refine";
   state.canvas.prompt = $("prompt").value;
   state.save();
   return { prompt: state.canvas.prompt, seed: s.seed, steps: s.steps, guidance: s.guidance, mode: s.mode,
-    instruction: s.mode === "refine" ? s.instruction : null };
+    instruction: s.mode === "refine" ? s.instruction : null, hard_lock: s.mode !== "refine" && s.hardLock };
 }
 
 async function generate() {
@@ -292,7 +293,7 @@ async function restore(id) {
     const { canvas, settings } = await api.jobCanvas(id);
     state.reset(canvas);
     Object.assign(state.settings, { seed: settings.seed, randomSeed: false, steps: settings.steps ?? state.settings.steps,
-      guidance: settings.guidance, mode: settings.mode });
+      guidance: settings.guidance, mode: settings.mode, hardLock: !!settings.hard_lock });
     if (settings.prompt !== null && settings.prompt !== undefined) state.canvas.prompt = settings.prompt;
     state.changed("settings");
     showResult(id);
@@ -312,6 +313,7 @@ function renderSettings() {
   $("guidance").value = s.guidance ?? "";
   $("mode").value = ["collage", "refine"].includes(s.mode) ? s.mode : "layered";
   $("instruction").value = s.instruction || "";
+  $("hard-lock").checked = !!s.hardLock;
   $("instruction-row").hidden = $("mode").value !== "refine";
   $("show-grid").checked = state.showGrid;
   const size = `${state.canvas.width}x${state.canvas.height}`;
@@ -401,7 +403,7 @@ function bindToolbar() {
     state.canvas.prompt = $("prompt").value;
     state.save();
   });
-  for (const id of ["seed", "steps", "guidance", "mode", "random-seed", "instruction"]) $(id).addEventListener("change", readSettings);
+  for (const id of ["seed", "steps", "guidance", "mode", "random-seed", "instruction", "hard-lock"]) $(id).addEventListener("change", readSettings);
   document.addEventListener("keydown", (e) => {
     if (e.target.closest("input, textarea, select")) return;
     if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "z") {
