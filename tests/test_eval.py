@@ -79,11 +79,15 @@ def test_eval_end_to_end_on_tiny_models(heldout, tmp_path):
     summary = report["summary"]
     assert summary["cases"] == 2 and len(report["cases"]) == 2
     case = report["cases"][0]
-    assert set(case["psnr_image"]) == {"layered", "unpruned", "collage", "vae", "paste"}
+    assert set(case["psnr_image"]) == {"layered", "hard_lock", "unpruned", "collage", "vae", "paste"}
+    assert all("hard_lock" in r for r in case["locked_regions"])
+    assert report["settings"]["hard_lock"] and "psnr_hard_lock" in summary["locked"]
     assert case["tokens"]["unpruned"] >= case["tokens"]["layered"]
     assert (tmp_path / "figs" / "sprites_grid.png").is_file()
     text = results_markdown(report, "layercomposer eval sprites ...", "a test")
-    assert "| locked-region PSNR >= 25 dB" in text and "sprites_grid.png" in text
+    assert "| locked-region PSNR >= 25 dB" in text and "sprites_grid.png" in text and "hard lock" in text
+    # 5 columns: canvas, collage model, layered, layered + hard lock, target (192 px cells, 4 px gaps).
+    assert Image.open(tmp_path / "figs" / "sprites_grid.png").width == 5 * 196 + 4
 
 
 def test_canvas_preview_marks_locks(heldout):

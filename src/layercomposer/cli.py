@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--figures", default=None, help="folder for the figure grids (PNG)")
     es.add_argument("--results", default=None, help="write the Markdown results page here (docs/RESULTS.md)")
     es.add_argument("--machine", default="this machine", help="machine description for the results page")
+    es.add_argument("--no-hard-lock", dest="hard_lock", action="store_false",
+                    help="skip the extra run of the layered model with --hard-lock")
     es.set_defaults(func=cmd_eval_sprites)
     ex = ev_sub.add_parser("examples", help="figure of the example canvases rendered by a model")
     ex.add_argument("--model", default=None, help="layered model (default: demo)")
@@ -460,7 +462,7 @@ def cmd_eval_sprites(args: argparse.Namespace) -> int:
     if not 1 <= args.scenes <= 10_000:
         raise LayerComposerError(f"--scenes: must be between 1 and 10000, got {args.scenes}")
     report = run_eval(args.model or default_model(), args.collage_model, args.data, args.scenes, args.steps,
-                      args.guidance, Path(args.figures) if args.figures else None)
+                      args.guidance, Path(args.figures) if args.figures else None, hard_lock=args.hard_lock)
     if args.json:
         save_report(report, Path(args.json))
     if args.results:

@@ -138,8 +138,10 @@ def paste(canvas: Canvas) -> Image.Image:
 # Running
 
 
-def _generate(pipe, canvas: Canvas, mode: str, steps: int, seed: int, guidance: float | None) -> tuple[Any, float]:
-    result = pipe.generate(canvas, num_inference_steps=steps, seed=seed, mode=mode, guidance_scale=guidance)
+def _generate(pipe, canvas: Canvas, mode: str, steps: int, seed: int, guidance: float | None,
+              hard_lock: bool = False) -> tuple[Any, float]:
+    result = pipe.generate(canvas, num_inference_steps=steps, seed=seed, mode=mode, guidance_scale=guidance,
+                           hard_lock=hard_lock)
     return result, result.seconds["sample"] / steps if steps else math.nan
 
 
@@ -155,8 +157,9 @@ def vae_reconstruction(pipe, image: Image.Image) -> Image.Image:
     return pipe.decode(tokens, (h // 16, w // 16))
 
 
-def evaluate_case(case: Case, pipe, collage_pipe, steps: int, guidance: float | None) -> tuple[dict, dict]:
-    """Metrics of one case, and the pictures made for it."""
+def evaluate_case(case: Case, pipe, collage_pipe, steps: int, guidance: float | None,
+                  hard_lock: bool = True) -> tuple[dict, dict]:
+    """Metrics of one case, and the pictures made for it (`hard_lock`: also the layered model hard-locked)."""
     from ..world import classify_background, classify_lighting
 
     sample, seed = case.sample, 1000 + case.index
@@ -168,7 +171,9 @@ def evaluate_case(case: Case, pipe, collage_pipe, steps: int, guidance: float | 
     pics["layered"], pics["unpruned"] = layered.image, unpruned.image
     if collage_pipe is not None:
         pics["collage"] = _generate(collage_pipe, sample.canvas, "collage", steps, seed, guidance)[0].image
-    engines = [k for k in ("layered", "unpruned", "collage", "vae", "paste") if k in pics]
+    if hard_lock:
+        pics["hard_lock"] = _generate(pipe, sample.canvas, "layered", steps, seed, guidance, hard_lock=True)[0].image
+    engines = [k for k in ("layered", "hard_lock", "unpruned", "collage", "vae", "paste") if k in pics]
     record: dict[str, Any] = {
         "case": case.index, "scene": case.scene.id, "image": sample.image, "background": case.background,
         "locked": sample.locked, "unlocked": sample.unlocked, "dropped": sample.dropped,
@@ -179,7 +184,8 @@ def evaluate_case(case: Case, pipe, collage_pipe, steps: int, guidance: float | 
     }
     record["locked_regions"] = [
         {"name": name, "pixels": int(case.visible[name].sum()),
-         **{k: psnr(pics[k], target, case.visible[name]) for k in ("layered", "unpruned", "vae")}}
+         **{k: psnr(pics[k], target, case.visible[name]) for k in ("layered", "hard_lock", "unpruned", "vae")
+            if k in pics}}
         for name in sample.locked if case.visible[name].any()
     ]
     scene_image = case.scene.images[sample.image]
@@ -250,19 +256,22 @@ def summarise(records: list[dict]) -> dict[str, Any]:
         "cases": len(records),
         "locked": {
             "regions": len(locked), "psnr": _mean([r["layered"] for r in locked]),
+            "psnr_hard_lock": _mean([r.get("hard_lock") for r in locked]),
             "vae_ceiling": _mean([r["vae"] for r in locked]),
             "subjects_only": {"regions": len(locked_subjects), "psnr": _mean([r["layered"] for r in locked_subjects]),
+                              "psnr_hard_lock": _mean([r.get("hard_lock") for r in locked_subjects]),
                               "vae_ceiling": _mean([r["vae"] for r in locked_subjects])},
         },
         "unlocked": {
             "regions": len(unlocked_subjects),
-            **{k: _mean([r.get(k) for r in unlocked_subjects]) for k in ("layered", "collage", "paste")},
+            **{k: _mean([r.get(k) for r in unlocked_subjects]) for k in ("layered", "hard_lock", "collage", "paste")},
             "layout_error_px": _mean([r.get("layout_error_px") for r in unlocked_subjects]),
             "layout_error_px_collage": _mean([r.get("layout_error_px_collage") for r in unlocked_subjects]),
         },
         "image": {k: {"psnr": _mean([rec["psnr_image"].get(k) for rec in records]),
                       "ssim": _mean([rec["ssim_image"].get(k) for rec in records])} for k in engines},
-        "occlusion": {"cases": len(occl), **{k: _mean([o.get(k) for o in occl]) for k in ("layered", "collage")}},
+        "occlusion": {"cases": len(occl),
+                      **{k: _mean([o.get(k) for o in occl]) for k in ("layered", "hard_lock", "collage")}},
         "lock_flip": {"cases": len(flips), "locked": _mean([f["locked"] for f in flips]),
                       "unlocked": _mean([f["unlocked"] for f in flips])},
         "pruning": {
@@ -332,7 +341,7 @@ def figure_grid(rows: list[list[Image.Image]], header: list[str], out: Path, cel
 
 def run_eval(
     model: str, collage_model: str | None, data: str | None, scenes: int, steps: int, guidance: float | None,
-    figures: Path | None, figure_rows: int = 6, progress: bool = True,
+    figures: Path | None, figure_rows: int = 6, progress: bool = True, hard_lock: bool = True,
 ) -> dict[str, Any]:
     """Evaluate on `scenes` held-out cases; returns {"summary", "cases", "settings"}."""
     import sys
@@ -354,20 +363,21 @@ def run_eval(
         cases = build_cases(SceneSet.load(root), scenes)
         records, fig_rows, occl_rows = [], [], []
         for case in tqdm(cases, desc="eval", unit="case", file=sys.stderr, disable=not progress):
-            record, pics = evaluate_case(case, pipe, collage_pipe, steps, guidance)
+            record, pics = evaluate_case(case, pipe, collage_pipe, steps, guidance, hard_lock)
             records.append(record)
             row = [canvas_preview(case.sample.canvas), pics.get("collage", pics["paste"]), pics["layered"],
-                   pics["target"]]
+                   *([pics["hard_lock"]] if hard_lock else []), pics["target"]]
             if len(fig_rows) < figure_rows:
                 fig_rows.append(row)
             if "revealed" in record and len(occl_rows) < figure_rows:
                 occl_rows.append(row)
     settings = {"model": model, "collage_model": collage_model, "scenes": scenes, "steps": steps,
-                "guidance": guidance if guidance is not None else pipe.guidance_scale, "eval_seed": EVAL_SEED}
+                "guidance": guidance if guidance is not None else pipe.guidance_scale, "eval_seed": EVAL_SEED,
+                "hard_lock": hard_lock}
     report = {"settings": settings, "summary": summarise(records), "cases": records}
     if figures is not None:
         second = "collage model" if collage_pipe is not None else "pasted"
-        header = ["canvas (green locked)", second, "layered model", "target"]
+        header = ["canvas (green locked)", second, "layered model", *(["+ hard lock"] if hard_lock else []), "target"]
         report["figures"] = [
             str(figure_grid(fig_rows, header, figures / "sprites_grid.png")),
             str(figure_grid(occl_rows, header, figures / "sprites_occlusion.png")) if occl_rows else None,
@@ -428,6 +438,10 @@ def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
         "",
         f"- Locked characters only (background excluded): {_f(lk['subjects_only']['psnr'])} vs VAE ceiling "
         f"{_f(lk['subjects_only']['vae_ceiling'])} ({lk['subjects_only']['regions']} regions).",
+        f"- With `--hard-lock` (cells showing locked layers only held to their latents while sampling; an "
+        f"inference option, not the model): locked regions {_f(lk.get('psnr_hard_lock'))}, locked characters "
+        f"{_f(lk['subjects_only'].get('psnr_hard_lock'))}, unlocked characters {_f(ul.get('hard_lock'))}, "
+        f"occlusion subset {_f(oc.get('hard_lock'))}.",
         f"- Same character locked vs unlocked (everything else equal, {fl['cases']} cases): "
         f"{_f(fl['locked'])} locked, {_f(fl['unlocked'])} unlocked.",
         f"- Layout: unlocked characters drawn {_f(ul['layout_error_px'], ' px', 1)} from where the target has them "
@@ -446,15 +460,17 @@ def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
         "| whole image | PSNR | SSIM |",
         "|---|---|---|",
     ]
-    names = {"layered": "layered model", "unpruned": "layered model, unpruned", "collage": "collage model",
+    names = {"layered": "layered model", "hard_lock": "layered model, hard lock",
+             "unpruned": "layered model, unpruned", "collage": "collage model",
              "vae": "VAE reconstruction (ceiling)", "paste": "naive pasting"}
     for key, label in names.items():
         if key in s["image"]:
             lines.append(f"| {label} | {_f(s['image'][key]['psnr'])} | {_f(s['image'][key]['ssim'], '', 3)} |")
     figures = [f for f in report.get("figures", []) if f]
     if figures:
+        hard = " | layered model with `--hard-lock`" if st.get("hard_lock") else ""
         lines += ["", "## Figures", "", "Columns: canvas (locked layers outlined green, unlocked orange) | "
-                  "collage model | layered model | target."]
+                  f"collage model | layered model{hard} | target."]
         for fig in figures:
             lines += ["", f"![{Path(fig).stem}](figures/{Path(fig).name})"]
     return "\n".join(lines) + "\n"
