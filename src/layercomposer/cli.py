@@ -170,6 +170,54 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", default="docs/figures/examples.png")
     ex.add_argument("--steps", type=int, default=28)
     ex.set_defaults(func=cmd_eval_examples)
+    ep = ev_sub.add_parser("photos", help="the paper's Table 1 on benchmark canvases, for several engines",
+                           description="Run each engine on each canvas of --canvases and score the outputs: "
+                           "identity (ArcFace when insightface and its models are here, else dlib, else "
+                           "hog-colour; named in the table), prompt alignment (VQAScore, CLIPScore) and quality "
+                           "(HPSv3) when their weights are here, and locked-region PSNR. Writes table.md, "
+                           "table.json and the pictures to --out. An engine that cannot load is an error when it "
+                           "is the only one asked for, else its row says why it was skipped.")
+    ep.add_argument("--canvases", required=True, metavar="DIR", help="folder of canvases (.json / .lcz)")
+    ep.add_argument("--engines", default="layered,collage",
+                    help="comma-separated: layered, collage, refine-kontext, refine-qwen, refine-demo "
+                    "(default: layered,collage)")
+    ep.add_argument("--out", required=True, metavar="DIR", help="results folder")
+    ep.add_argument("--model", default=None, help="layered engine's model (default: demo)")
+    ep.add_argument("--kontext-model", default=None, metavar="DIR", help="refine-kontext's FLUX.1 Kontext folder")
+    ep.add_argument("--qwen-model", default=None, metavar="DIR", help="refine-qwen's Qwen-Image-Edit folder")
+    ep.add_argument("--collage-model", default=None, help="refine-demo's model (default: demo-collage)")
+    ep.add_argument("--steps", type=int, default=28)
+    ep.add_argument("--seed", type=int, default=0)
+    ep.add_argument("--guidance", type=float, default=None, help="guidance scale (default: each model's)")
+    ep.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    ep.add_argument("--hard-lock", action="store_true", help="layered engine: hard-lock the locked layers")
+    ep.add_argument("--lock", choices=("canvas", "background", "none"), default="canvas",
+                    help="locks: as the canvas says (default), the background layer only, or none")
+    ep.add_argument("--instruction", default=None,
+                    help="refine-kontext / refine-qwen instruction; {prompt} is replaced by the canvas prompt")
+    ep.add_argument("--embedder", choices=("auto", "arcface", "dlib", "hog-colour"), default="auto",
+                    help="face embedding for identity (auto: arcface, else dlib, else hog-colour)")
+    ep.add_argument("--arcface-dir", default=None, metavar="DIR",
+                    help="insightface model folder (default: ~/.insightface/models/buffalo_l)")
+    ep.add_argument("--clip-model", default=None, metavar="DIR", help="local transformers CLIP folder (CLIPScore)")
+    ep.add_argument("--vqa-model", default="clip-flant5-xxl", help="t2v_metrics VQAScore model (cached weights)")
+    ep.add_argument("--hps-checkpoint", default=None, metavar="FILE", help="HPSv3 checkpoint (hpsv3 package)")
+    ep.set_defaults(func=cmd_eval_photos)
+    est = ev_sub.add_parser("study", help="a user-study page: the engines' outputs side by side, blind",
+                            description="Write one self-contained HTML page from the results of `eval photos`: "
+                            "each canvas's outputs in a seeded random order with the engine names hidden; "
+                            "participants click the best and download their choices as JSON.")
+    est.add_argument("--results", required=True, metavar="DIR", help="the --out folder of `eval photos`")
+    est.add_argument("-o", "--output", default="study.html", help="the page (default study.html)")
+    est.add_argument("--seed", type=int, default=0, help="seed of the shown order (default 0)")
+    est.add_argument("--link", action="store_true",
+                     help="reference the pictures by relative paths instead of embedding them")
+    est.add_argument("--title", default=None, help="page title")
+    est.set_defaults(func=cmd_eval_study)
+    ess = ev_sub.add_parser("study-summary", help="win rates per engine from study choices files")
+    ess.add_argument("choices", nargs="+", metavar="CHOICES_JSON", help="downloaded choices, one file a person")
+    ess.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ess.set_defaults(func=cmd_eval_study_summary)
 
     cut = sub.add_parser("cutout", help="cut a person or an object out of a photo into an RGBA layer",
                          description="Cut the subject out of a photo: a person (MediaPipe selfie segmentation, "
@@ -471,6 +519,40 @@ def cmd_eval_sprites(args: argparse.Namespace) -> int:
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         Path(args.results).write_text(results_markdown(report, command, args.machine))
     print(json.dumps(report["summary"], indent=2))
+    return 0
+
+
+def cmd_eval_photos(args: argparse.Namespace) -> int:
+    from .photo.evaluate import EvalOptions, evaluate_photos, parse_engines
+
+    options = EvalOptions(
+        engines=parse_engines(args.engines), model=args.model, kontext_model=args.kontext_model,
+        qwen_model=args.qwen_model, collage_model=args.collage_model, steps=args.steps, seed=args.seed,
+        guidance=args.guidance, device=args.device, hard_lock=args.hard_lock, lock=args.lock,
+        instruction=args.instruction, embedder=args.embedder, arcface_dir=args.arcface_dir,
+        clip_model=args.clip_model, vqa_model=args.vqa_model, hps_checkpoint=args.hps_checkpoint,
+    )
+    report = evaluate_photos(args.canvases, args.out, options,
+                             log=lambda line: print(f"layercomposer: {line}", file=sys.stderr))
+    ran = [n for n, r in report["engines"].items() if r["status"] == "ok"]
+    print(f"wrote {Path(args.out) / 'table.md'} ({report['canvases']} canvases, engines {', '.join(ran)}; "
+          f"identity by {report['embedder']})", file=sys.stderr)
+    return 0
+
+
+def cmd_eval_study(args: argparse.Namespace) -> int:
+    from .photo.study import build_study
+
+    items = build_study(args.results, args.output, seed=args.seed, link=args.link, title=args.title)
+    print(f"wrote {args.output} ({len(items)} canvases)", file=sys.stderr)
+    return 0
+
+
+def cmd_eval_study_summary(args: argparse.Namespace) -> int:
+    from .photo.study import format_summary, summarise_choices
+
+    summary = summarise_choices(args.choices)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
 
