@@ -10,6 +10,7 @@ import io
 import json
 import math
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -183,20 +184,53 @@ def test_engines_that_cannot_load(bench, tmp_path):
                            "--out", str(tmp_path / "a"))
     assert code == 2 and err.count("\n") == 1 and "no --kontext-model given" in err, err
     assert not (tmp_path / "a" / "table.md").exists()
-    # Among several: skipped, its row says why; the others run.
-    code, _, err = run_cli("eval", "photos", "--canvases", canvases, "--engines", "collage,refine-qwen",
-                           "--embedder", "hog-colour", "--out", str(tmp_path / "b"))
-    assert code == 0, err
+    # Among several: skipped, its row says why; the others run. (Results inside the canvases folder, twice:
+    # results folders are not taken for canvases.)
+    shutil.copytree(canvases, tmp_path / "canvases")
+    for results_dir in ("b", "b2"):
+        code, _, err = run_cli("eval", "photos", "--canvases", str(tmp_path / "canvases"), "--engines",
+                               "collage,refine-qwen", "--embedder", "hog-colour", "--out",
+                               str(tmp_path / "canvases" / results_dir))
+        assert code == 0, err
     assert "refine-qwen: skipped (no --qwen-model given" in err
-    table = (tmp_path / "b" / "table.md").read_text()
+    table = (tmp_path / "canvases" / "b2" / "table.md").read_text()
     assert "| refine-qwen | skipped: no --qwen-model given" in table and "hog-colour-v1" in table
-    report = json.loads((tmp_path / "b" / "table.json").read_text())
-    assert report["engines"]["refine-qwen"]["status"] == "skipped"
+    report = json.loads((tmp_path / "canvases" / "b2" / "table.json").read_text())
+    assert report["engines"]["refine-qwen"]["status"] == "skipped" and report["canvases"] == 2
+    assert report["engines"]["collage"]["identity"]["detected"] == 2
     code, _, err = run_cli("eval", "photos", "--canvases", canvases, "--engines", "collage,nope", "--out",
                            str(tmp_path / "c"))
     assert code == 2 and "unknown engine 'nope'" in err
     code, _, err = run_cli("eval", "photos", "--canvases", str(tmp_path / "none"), "--out", str(tmp_path / "d"))
     assert code == 2 and "no such folder" in err
+    code, _, err = run_cli("eval", "photos", "--canvases", canvases, "--embedder", "arcface", "--arcface-dir",
+                           str(tmp_path), "--out", str(tmp_path / "e"))
+    assert code == 2 and err.count("\n") == 1 and "--embedder arcface needs" in err, err
+
+
+def test_locked_region_and_lock_modes(make_canvas):
+    from conftest import layer, solid
+    from layercomposer.photo.evaluate import apply_lock
+
+    # Back to front: a locked opaque background, an unlocked square with a half-transparent band, a locked
+    # square over part of it.
+    band = solid(40, 40, (0, 0, 255, 255))
+    band.paste((0, 0, 255, 128), (0, 0, 40, 10))
+    canvas = make_canvas(96, 96, [
+        layer("bg", solid(96, 96, (10, 200, 10, 255)), kind="background", locked=True),
+        layer("free", band, x=16, y=16),
+        layer("held", solid(16, 16, (200, 0, 0, 255)), x=40, y=40, locked=True),
+    ])
+    mask = locked_region(canvas)
+    expected = np.ones((96, 96), bool)
+    expected[16:56, 16:56] = False  # under the unlocked layer, the half-transparent band included
+    expected[40:56, 40:56] = True  # the locked square on top of it
+    assert np.array_equal(mask, expected)
+    none = apply_lock(canvas, "none")
+    assert not locked_region(none).any() and canvas.layers[0].locked  # a copy: the canvas is unchanged
+    bg = apply_lock(canvas, "background")
+    assert [x.locked for x in bg.layers] == [True, False, False]
+    assert locked_region(bg).sum() == 96 * 96 - 40 * 40
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -240,7 +274,6 @@ def test_study_page_shows_every_output_once_in_a_seeded_order(results, tmp_path)
 
 def test_study_page_script_records_and_downloads_choices(results, tmp_path):
     """Run the page's script in node with a minimal DOM: two clicks, then "Download choices"."""
-    import shutil
     import subprocess
 
     node = shutil.which("node")

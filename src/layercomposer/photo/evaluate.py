@@ -123,16 +123,19 @@ class Case:
     """Subject layers in whose image no face was found (objects): not identities."""
 
 
-def find_canvases(root: str | os.PathLike[str]) -> list[Path]:
-    """Canvas files (.json, .lcz) in `root` and its sub-folders (one level), sorted; or `root` itself."""
+def find_canvases(root: str | os.PathLike[str], exclude: Path | None = None) -> list[Path]:
+    """Canvas files (.json, .lcz) in `root` and its sub-folders (one level), sorted; or `root` itself.
+    Results folders of this command (table.json beside table.md) and `exclude` are left out."""
     path = Path(root)
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise LayerComposerError(f"--canvases {root}: no such folder")
+    skip = exclude.resolve() if exclude is not None else None
     found = sorted(
         p for pattern in ("*.json", "*.lcz", "*/*.json", "*/*.lcz") for p in path.glob(pattern)
-        if p.is_file() and not p.name.startswith(".")
+        if p.is_file() and not p.name.startswith(".") and not (skip and p.resolve().is_relative_to(skip))
+        and not (p.parent / "table.md").is_file()
     )
     if not found:
         raise LayerComposerError(f"--canvases {root}: no canvas (.json / .lcz) in it")
@@ -186,12 +189,12 @@ def reference_image(layer_image: Image.Image) -> Image.Image:
 
 
 def load_cases(root: str | os.PathLike[str], scorer: IdentityScorer, lock: str = "canvas",
-               log: Log | None = None) -> list[Case]:
+               log: Log | None = None, exclude: Path | None = None) -> list[Case]:
     """Load every canvas under `root`, with its identities (faces of its subject layers) and locked region."""
     root_path = Path(root)
     cases: list[Case] = []
     seen: set[str] = set()
-    for path in find_canvases(root_path):
+    for path in find_canvases(root_path, exclude):
         canvas = apply_lock(load_canvas(path), lock)
         cid = canvas_id(path, root_path)
         if cid in seen:
@@ -666,7 +669,8 @@ def evaluate_photos(canvases: str | os.PathLike[str], out: str | os.PathLike[str
     if out_dir.exists() and not out_dir.is_dir():
         raise LayerComposerError(f"--out {out}: exists and is not a folder")
     scorer = get_identity_scorer(options.embedder, options.arcface_dir, options.device)
-    cases = load_cases(canvases, scorer, options.lock, say)  # bad canvases fail before any model loads
+    # Bad canvases fail before any model loads.
+    cases = load_cases(canvases, scorer, options.lock, say, exclude=out_dir)
     metrics = prompt_metrics(options)
     out_dir.mkdir(parents=True, exist_ok=True)
     for case in cases:
