@@ -169,6 +169,9 @@ def build_study(results: str | os.PathLike[str], output: str | os.PathLike[str],
     parts += [f'<script type="application/json" id="study-data">{blob}</script>',
               f"<script>{_SCRIPT}</script></body></html>"]
     write_atomic(out, ("\n".join(parts) + "\n").encode())
+    umask = os.umask(0)
+    os.umask(umask)
+    out.chmod(0o666 & ~umask)  # a page to share: the usual file mode, not the temporary file's 0600
     return items
 
 
