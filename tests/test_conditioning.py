@@ -187,29 +187,30 @@ def test_fill_colour_is_zero_and_alpha_premultiplies():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Hard locking: which cells show locked layers only (counted by hand on a 64x64 canvas, 4x4 cells)
+# Hard locking: which latent pixels (8x8 px) show locked layers only (by hand on a 64x64 canvas: 8x8 of them)
 
 
 def test_hard_lock_cells_by_hand(make_canvas):
     from conftest import layer, solid
     from layercomposer.conditioning import hard_lock_target
 
-    base = layer("base", solid(32, 32), locked=True)  # covers cells (0,0) (0,1) (1,0) (1,1) exactly
+    base = layer("base", solid(32, 32), locked=True)  # covers latent pixels (0..3, 0..3) exactly
     cells, picture = hard_lock_target(make_canvas(64, 64, [base]))
-    expected = np.zeros((4, 4), bool)
-    expected[:2, :2] = True
+    expected = np.zeros((8, 8), bool)
+    expected[:4, :4] = True
     assert (cells == expected).all()
     assert picture.size == (64, 64) and picture.getpixel((5, 5)) == (255, 0, 0, 255)
     assert picture.getpixel((40, 40))[3] == 0
 
-    # An unlocked layer in front touching cell (0,1) (x 20..27, y 4..11) takes that cell from the lock;
-    # a locked 20x20 square at (40,40) fills no cell completely; an opaque unlocked layer hides the
-    # locked one below it at cell (1,0).
+    # An unlocked layer in front at x 20..27, y 4..11 touches latent pixels (0..1, 2..3) and takes them
+    # from the lock; a locked 20x20 square at (40..59, 40..59) fills latent pixels (5..6, 5..6) only; an
+    # opaque unlocked layer at (0..15, 16..31) hides the locked one below it at (2..3, 0..1).
     front = layer("front", solid(8, 8, (0, 0, 255, 255)), x=20, y=4)
     corner = layer("corner", solid(20, 20), x=40, y=40, locked=True)
     cover = layer("cover", solid(16, 16, (0, 255, 0, 255)), x=0, y=16)
     cells, _ = hard_lock_target(make_canvas(64, 64, [base, cover, front, corner]))
-    expected[0, 1] = expected[1, 0] = False
+    expected[0:2, 2:4] = expected[2:4, 0:2] = False
+    expected[5:7, 5:7] = True
     assert (cells == expected).all()
 
     # A half-transparent locked layer is not "locked only"; hidden layers do not count; nothing locked
@@ -219,4 +220,4 @@ def test_hard_lock_cells_by_hand(make_canvas):
     unlocked = layer("u", solid(64, 64))
     assert hard_lock_target(make_canvas(64, 64, [unlocked]))[1] is None
     hidden = layer("h", solid(64, 64, (0, 0, 255, 255)), visible=False)
-    assert hard_lock_target(make_canvas(64, 64, [base, hidden]))[0].sum() == 4
+    assert hard_lock_target(make_canvas(64, 64, [base, hidden]))[0].sum() == 16

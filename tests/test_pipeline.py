@@ -179,6 +179,7 @@ def test_vae_tiling_keeps_the_picture_close():
 def test_hard_lock_holds_the_locked_cells_to_their_latents(tiny_pipe, make_canvas):
     from conftest import layer, solid
     from layercomposer.conditioning import composite_on_fill, hard_lock_target
+    from layercomposer.pipeline import pack_latents
 
     bg = layer("bg", solid(64, 64, (30, 120, 200, 255)), kind="background", locked=True)
     sprite = layer("s", solid(24, 24, (250, 200, 0, 255)), x=8, y=8)
@@ -187,10 +188,13 @@ def test_hard_lock_holds_the_locked_cells_to_their_latents(tiny_pipe, make_canva
     result = tiny_pipe.generate(canvas, num_inference_steps=3, seed=1, hard_lock=True,
                                 callback=lambda e: seen.append(e.latents))
     cells, picture = hard_lock_target(canvas)
-    assert result.hard_locked == int(cells.sum()) == 16 - 4  # the sprite touches cells (0..1, 0..1)
+    assert result.hard_locked == int(cells.sum()) == 64 - 9  # the sprite covers latent pixels (1..3, 1..3)
     x0 = tiny_pipe._encode_pixels(torch.from_numpy(composite_on_fill(picture))[None])
-    held = torch.from_numpy(cells.reshape(-1))
-    assert torch.equal(seen[-1][0, held], x0[0, held])
+    channels = x0.shape[-1] // 4
+    held = pack_latents(torch.from_numpy(cells)[None, None].expand(1, channels, 8, 8))
+    # Token (0, 0) packs latent pixels (0..1, 0..1): (1, 1) is the sprite's, the other three are held.
+    assert held[0, 0].sum() == 3 * channels and held[0, 5].sum() == 0  # token (1, 1) is all sprite
+    assert torch.equal(seen[-1][held], x0[held])
     free = tiny_pipe.generate(canvas, num_inference_steps=3, seed=1)
     assert free.hard_locked is None and not free.settings()["hard_lock"] and result.settings()["hard_lock"]
-    assert not torch.equal(seen[-1][0, ~held], x0[0, ~held])
+    assert not torch.equal(seen[-1][~held], x0[~held])

@@ -281,11 +281,11 @@ def test_refine_mode_jobs(tmp_path, pipe):
 
 
 def test_hard_lock_setting_reaches_the_sampler(client):
-    info = upload(client, png(32, 32))  # opaque at (16, 16): exactly the 4 cells (1..2, 1..2) of the 4x4 grid
+    info = upload(client, png(32, 32))  # opaque at (16, 16): latent pixels (2..5, 2..5) of the 8x8 latent
     r = client.post("/api/jobs", json={"canvas": canvas_doc(info["id"]),
                                        "settings": {"steps": 2, "hard_lock": True}})
     job = wait_done(client, r.json()["id"])
     assert job["status"] == "done" and job["settings"]["hard_lock"] is True
-    assert job["stats"]["hard_locked"] == 4
+    assert job["stats"]["hard_locked"] == 16
     r = client.post("/api/jobs", json={"canvas": canvas_doc(info["id"]), "settings": {"steps": 2}})
     assert wait_done(client, r.json()["id"])["stats"]["hard_locked"] is None

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--mode", choices=("layered", "unpruned", "collage"), default="layered",
                      help="conditioning: layered (pruned, default), unpruned, or collage (flattened)")
     gen.add_argument("--hard-lock", action="store_true",
-                     help="also hold the cells showing only locked layers to their latents while sampling "
+                     help="also hold the latent pixels showing only locked layers to their latents while sampling "
                      "(inpainting-style; exact locked pixels up to the VAE)")
     gen.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     gen.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
@@ -325,7 +325,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     settings = {**result.settings(), "model": args.model or default_model(), "canvas": str(args.canvas)}
     _save_image(result.image, output, metadata=settings)
     plan = result.plan
-    held = "" if result.hard_locked is None else f", {result.hard_locked} cells hard-locked"
+    held = "" if result.hard_locked is None else f", {result.hard_locked} latent pixels (8 px) hard-locked"
     print(
         f"wrote {output} ({result.image.width}x{result.image.height}, {plan.total} condition tokens "
         f"[{plan.mode}] + {plan.noisy} noisy{held}; load {load_s:.1f}s, condition {result.seconds['condition']:.1f}s, "

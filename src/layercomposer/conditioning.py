@@ -264,14 +264,19 @@ class Conditioning:
         return int(self.ids.shape[0])
 
 
+LATENT_PX = TOKEN_PX // 2
+"""Pixels per side of one VAE latent pixel (a token packs 2x2 of them)."""
+
+
 def hard_lock_target(canvas: Canvas, full: float = 0.99) -> tuple[np.ndarray, Image.Image | None]:
-    """For hard locking: which grid cells show locked layers only, and the picture of the locked layers.
+    """For hard locking: which latent pixels show locked layers only, and the picture of the locked layers.
 
     Back to front, a pixel's *locked weight* w becomes `a * locked + (1 - a) * w` for each visible layer
-    with alpha `a`: the share of its final colour that comes from locked layers. A cell is hard-locked iff
-    w >= `full` at all its 256 pixels (so a cell touched by an unlocked layer in front, or by a locked
-    layer's soft edge, is left to the model). Returns the (rows, cols) bool mask and the locked layers
-    flattened over transparency (None when no cell qualifies).
+    with alpha `a`: the share of its final colour that comes from locked layers. A latent pixel (8x8 px,
+    a quarter of a token) is hard-locked iff w >= `full` at all its 64 pixels, so one touched by an
+    unlocked layer in front, or by a locked layer's soft edge, is left to the model. Returns the
+    (2 rows, 2 cols) bool mask and the locked layers flattened over transparency (None when no latent
+    pixel qualifies).
     """
     gw, gh = canvas.generation_size
     rows, cols = canvas.grid
@@ -283,8 +288,8 @@ def hard_lock_target(canvas: Canvas, full: float = 0.99) -> tuple[np.ndarray, Im
         weight = a * float(layer.locked) + (1.0 - a) * weight
         if layer.locked:
             locked_picture = Image.alpha_composite(locked_picture, rendered)
-    cells = weight.reshape(rows, TOKEN_PX, cols, TOKEN_PX).min(axis=(1, 3)) >= full
-    return cells, (locked_picture if cells.any() else None)
+    held = weight.reshape(2 * rows, LATENT_PX, 2 * cols, LATENT_PX).min(axis=(1, 3)) >= full
+    return held, (locked_picture if held.any() else None)
 
 
 def grid_ids(rows: int, cols: int, index: int = 0) -> np.ndarray:

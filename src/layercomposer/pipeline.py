@@ -61,7 +61,7 @@ class GenerationResult:
     plan: TokenPlan
     seconds: dict[str, float] = field(default_factory=dict)
     hard_locked: int | None = None
-    """With `hard_lock`: how many grid cells were held to the locked layers; None without."""
+    """With `hard_lock`: how many latent pixels (8x8 px) were held to the locked layers; None without."""
 
     def settings(self) -> dict[str, Any]:
         """The settings to reproduce this picture (JSON)."""
@@ -293,9 +293,9 @@ class LayerComposerPipeline:
     ) -> GenerationResult:
         """Render `canvas`; `prompt` overrides the canvas's own. Same seed, same picture (bit for bit on CPU).
 
-        `hard_lock=True` also holds the grid cells that show locked layers only to those layers' latents
-        while sampling (inpainting-style; see `conditioning.hard_lock_target`): pixel-level fidelity
-        there up to the VAE, whatever the model's own fidelity; cells with any unlocked or soft-edge
+        `hard_lock=True` also holds the latent pixels (8x8 px) that show locked layers only to those
+        layers' latents while sampling (inpainting-style; see `conditioning.hard_lock_target`): fidelity
+        there up to the VAE, whatever the model's own; latent pixels with any unlocked or soft-edge
         content stay the model's.
         """
         canvas.validate()
@@ -350,13 +350,14 @@ class LayerComposerPipeline:
 
         known, hard_locked = None, (0 if hard_lock else None)
         if hard_lock:
-            cells, picture = hard_lock_target(canvas)
+            held, picture = hard_lock_target(canvas)
             if picture is not None:
                 with torch.no_grad():
                     x0 = self._encode_pixels(torch.from_numpy(composite_on_fill(picture))[None])
-                mask = torch.from_numpy(cells.reshape(1, -1, 1)).to(device, dtype)
-                known = KnownRegion(x0.to(device, dtype), mask)
-                hard_locked = int(cells.sum())
+                channels = x0.shape[-1] // 4
+                mask = pack_latents(torch.from_numpy(held)[None, None].expand(1, channels, -1, -1))
+                known = KnownRegion(x0.to(device, dtype), mask.to(device))
+                hard_locked = int(held.sum())
             seconds["hard_lock"] = time.perf_counter() - t1
 
         sigmas = self.schedule.sigmas(steps, n_noisy)
