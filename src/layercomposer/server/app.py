@@ -8,6 +8,7 @@ the server read or write outside its folders. Nothing sent by a user is ever unp
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import io
@@ -15,6 +16,7 @@ import json
 import re
 import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,11 +31,15 @@ from .. import __version__
 from ..canvas import Canvas, LayerImage, canvas_from_dict, canvas_to_dict, load_bundle, save_bundle_bytes
 from ..conditioning import ConditioningBuilder
 from ..errors import LayerComposerError
+from .cutouts import CutoutFailed, cut_out
 from .jobs import JOB_ID_PATTERN, JobManager, JobSettings, QueueFull
 from .store import ImageStore
 
 STATIC = Path(__file__).resolve().parent / "static"
 LIBRARY_SIZE = 24
+CUTOUT_QUEUE = 4
+"""Cut-outs waiting or running at once; more get 429 (each takes about a second of CPU)."""
+CUTOUT_CACHE = 64
 
 
 @dataclass
@@ -108,12 +114,39 @@ class CanvasIn(BaseModel):
     canvas: dict[str, Any]
 
 
+class CutoutIn(BaseModel):
+    """What to cut out of a stored image."""
+
+    mode: Literal["person", "box"] = Field(
+        default="person",
+        description='"person": the person of the largest face (MediaPipe selfie segmentation); '
+        '"box": the object inside `box` (OpenCV GrabCut).')
+    box: list[float] | None = Field(
+        default=None, json_schema_extra={"minItems": 4, "maxItems": 4}, examples=[[270, 330, 512, 512]],
+        description="[x0, y0, x1, y1] in the image's own pixels (x1, y1 exclusive), at least 8x8; needed by "
+        '"box"; with "person" it limits the search to the box.')
+
+
+class CutoutOut(BaseModel):
+    """The stored cut-out (an RGBA PNG cropped to its content) and where it sits in the source image."""
+
+    id: str = Field(description="image id of the cut-out, for canvas JSON")
+    width: int
+    height: int
+    url: str
+    offset: tuple[int, int] = Field(description="[x, y] of the cut-out's top-left corner in the source image")
+    method: str = Field(description="what made the mask")
+    source: dict[str, Any] = Field(description="the source image: id, width, height")
+    seconds: float
+
+
 def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
     """The FastAPI application; `load_pipeline` (for tests) replaces loading `settings.model`."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         jobs.shutdown()
+        cutout_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="layercomposer editor", version=__version__, lifespan=lifespan,
                   description="Compose a layered canvas and render it. Images are uploaded once "
@@ -141,6 +174,11 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
                       load_refine=refine_loader if settings.refine_model else None)
     planner, planner_lock = ConditioningBuilder(max_entries=256), threading.Lock()
     library_cache: dict[str, bytes] = {}
+    # One worker of its own: cut-outs never wait for (or hold up) the generation worker, and run one at a time
+    # (MediaPipe's stderr silencing swaps the process's fd 2, which two at once would get wrong).
+    cutout_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutout")
+    cutout_cache: dict[tuple[str, str, tuple[float, ...] | None], dict[str, Any]] = {}
+    cutouts_pending = 0
     app.state.jobs = jobs
     app.state.settings = settings
     app.state.store = store
@@ -224,6 +262,49 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
         image_id, image = store.put(data, f"image {file.filename!r}")
         w, h = image.size
         return {"id": image_id, "width": w, "height": h, "url": f"/api/images/{image_id}"}
+
+    @app.post("/api/images/{image_id}/cutout", tags=["canvas"], response_model=CutoutOut,
+              summary="Cut the subject out of a stored image",
+              responses={404: {"description": "no such image"},
+                         422: {"description": "bad box, or nothing found (no person: send a box)"},
+                         429: {"description": "too many cut-outs waiting"},
+                         501: {"description": "the photo extra is not installed"}})
+    async def cutout_image(_: Auth, image_id: str, body: CutoutIn) -> dict[str, Any]:
+        """The editor's **Cut out** button. `{"mode": "person"}` keeps the person of the largest face
+        (MediaPipe selfie segmentation); `{"mode": "box", "box": [x0, y0, x1, y1]}` the object inside the box
+        (OpenCV GrabCut), the box in the image's own pixels. Alpha edges are cleaned and feathered, a source
+        that is already transparent stays so, and the result is cropped to its content and stored like an
+        upload: the answer has its id and size, plus `offset`, where its top-left corner lies in the source
+        image (place it there to keep the cut content where it was).
+
+        Errors: 404 unknown image; 422 bad box, or nothing found (no face, so no person: draw a box);
+        501 when the photo tools are not installed (`pip install "layercomposer[photo]"`). Runs in a worker
+        thread of its own (about a second for a 512 px photo), never in the generation queue.
+        """
+        nonlocal cutouts_pending
+        key = (image_id, body.mode, tuple(body.box) if body.box is not None else None)
+        if key in cutout_cache:
+            return cutout_cache[key]
+        if cutouts_pending >= CUTOUT_QUEUE:
+            raise ApiError(429, f"{cutouts_pending} cut-outs already waiting; try again in a moment")
+        cutouts_pending += 1
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                cutout_pool, cut_out, store, image_id, body.mode, body.box)
+        except KeyError:
+            raise ApiError(404, f"no image {image_id!r} (upload it to /api/images first)") from None
+        except CutoutFailed as exc:
+            raise ApiError(exc.status, exc.message) from None
+        finally:
+            cutouts_pending -= 1
+        answer = {"id": result.image_id, "width": result.width, "height": result.height,
+                  "url": f"/api/images/{result.image_id}", "offset": list(result.offset), "method": result.method,
+                  "source": {"id": image_id, "width": result.source_size[0], "height": result.source_size[1]},
+                  "seconds": round(result.seconds, 3)}
+        if len(cutout_cache) >= CUTOUT_CACHE:
+            cutout_cache.pop(next(iter(cutout_cache)))
+        cutout_cache[key] = answer
+        return answer
 
     @app.get("/api/images/{image_id}", tags=["canvas"])
     def get_image(_: Auth, image_id: str) -> FileResponse:
