@@ -289,3 +289,98 @@ def test_hard_lock_setting_reaches_the_sampler(client):
     assert job["stats"]["hard_locked"] == 16
     r = client.post("/api/jobs", json={"canvas": canvas_doc(info["id"]), "settings": {"steps": 2}})
     assert wait_done(client, r.json()["id"])["stats"]["hard_locked"] is None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cut-out (the editor's "Cut out" button) on scikit-image's astronaut photo (512x512 RGB, no download)
+
+
+@pytest.fixture(scope="module")
+def astronaut_png() -> bytes:
+    skdata = pytest.importorskip("skimage.data")
+    pytest.importorskip("mediapipe")
+    pytest.importorskip("cv2")
+    buf = io.BytesIO()
+    Image.fromarray(skdata.astronaut()).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def rgba_of(client: TestClient, url: str) -> np.ndarray:
+    r = client.get(url)
+    assert r.status_code == 200
+    im = Image.open(io.BytesIO(r.content))
+    assert im.mode == "RGBA"
+    return np.asarray(im)
+
+
+def test_cutout_person_and_box(client, astronaut_png):
+    source = upload(client, astronaut_png, "astronaut.png")
+    r = client.post(f"/api/images/{source['id']}/cutout", json={"mode": "person"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["id"] != source["id"] and out["url"] == f"/api/images/{out['id']}"
+    assert out["source"] == {"id": source["id"], "width": 512, "height": 512}
+    assert "selfie" in out["method"]
+    ox, oy = out["offset"]
+    layer = rgba_of(client, out["url"])
+    assert layer.shape == (out["height"], out["width"], 4)
+    assert min(ox, oy) >= 0 and ox + out["width"] <= 512 and oy + out["height"] <= 512
+
+    def alpha_at(x: int, y: int) -> int:  # alpha at a pixel of the source photo (0 outside the crop)
+        inside = 0 <= x - ox < layer.shape[1] and 0 <= y - oy < layer.shape[0]
+        return int(layer[y - oy, x - ox, 3]) if inside else 0
+
+    # Picked by hand on the photo: her cheek, her hair, the suit; the flag and the wall behind her (top right).
+    assert alpha_at(225, 120) == 255 and alpha_at(210, 100) == 255 and alpha_at(150, 400) == 255
+    assert alpha_at(400, 60) == 0 and alpha_at(480, 40) == 0
+    photo = np.asarray(Image.open(io.BytesIO(astronaut_png)))
+    assert np.array_equal(layer[120 - oy, 225 - ox, :3], photo[120, 225])  # the layer's pixels are the photo's
+
+    # The same request again is answered from the cache; the result is an image like any upload.
+    assert client.post(f"/api/images/{source['id']}/cutout", json={"mode": "person"}).json()["id"] == out["id"]
+    assert client.post("/api/tokens", json={"canvas": canvas_doc(out["id"])}).status_code == 200
+
+    # Box mode: GrabCut around the helmet she holds (lower right).
+    r = client.post(f"/api/images/{source['id']}/cutout", json={"mode": "box", "box": [270, 330, 512, 512]})
+    assert r.status_code == 200, r.text
+    box = r.json()
+    assert "grabcut" in box["method"]
+    bx, by = box["offset"]
+    assert bx >= 265 and by >= 325 and bx + box["width"] <= 512 and by + box["height"] <= 512
+    helmet = rgba_of(client, box["url"])
+    assert helmet[440 - by, 400 - bx, 3] == 255  # the helmet's middle
+
+    # A source that is already transparent stays so: cutting the cut-out again keeps its transparent parts.
+    again = client.post(f"/api/images/{out['id']}/cutout", json={"mode": "person"})
+    assert again.status_code == 200, again.text
+    a2, (ax, ay) = rgba_of(client, again.json()["url"])[..., 3], again.json()["offset"]
+    before = layer[ay : ay + a2.shape[0], ax : ax + a2.shape[1], 3]
+    assert not (a2[before == 0] > 0).any()
+
+
+def test_cutout_errors(client, astronaut_png, monkeypatch):
+    source = upload(client, astronaut_png, "astronaut.png")
+    url = f"/api/images/{source['id']}/cutout"
+    for bad in ([10, 10, 5, 5], [0, 0, 600, 100], [-1, 0, 100, 100], [0, 0, 4, 4], [1, 2, 3]):
+        r = client.post(url, json={"mode": "box", "box": bad})
+        assert r.status_code == 422, (bad, r.text)
+        assert r.json()["error"].startswith("box ") and "0 <= x0 < x1 <= 512" in r.json()["error"]
+    r = client.post(url, json={"mode": "box"})
+    assert r.status_code == 422 and "needs a box" in r.json()["error"]
+    assert client.post(url, json={"mode": "lasso"}).status_code == 422
+    for unknown in ("0" * 64 + ".png", "nonsense"):
+        r = client.post(f"/api/images/{unknown}/cutout", json={"mode": "person"})
+        assert r.status_code == 404 and "no image" in r.json()["error"]
+    # No face, no person: the message says to draw a box.
+    flat = upload(client, png(64, 64, (90, 160, 90, 255)), "grass.png")
+    r = client.post(f"/api/images/{flat['id']}/cutout", json={"mode": "person"})
+    assert r.status_code == 422 and 'use "Cut out (box)"' in r.json()["error"], r.text
+    # Without the photo extra: 501 and the install command.
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mediapipe", None)
+    r = client.post(f"/api/images/{flat['id']}/cutout", json={"mode": "person"})
+    assert r.status_code == 501 and 'pip install "layercomposer[photo]"' in r.json()["error"], r.text
+    # Documented in the OpenAPI.
+    op = client.get("/openapi.json").json()["paths"]["/api/images/{image_id}/cutout"]["post"]
+    assert op["summary"] and "offset" in op["description"] and {"404", "422", "501"} <= set(op["responses"])
