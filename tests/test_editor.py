@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import socket
@@ -220,3 +221,122 @@ def test_screenshot_is_a_real_render(server, browser, images, tmp_path):
     r, g, b_, *_ = shot.getpixel((shot.width // 2, shot.height // 2))
     assert r > 180 and g < 80 and b_ < 80
     page.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# "Cut out" on an uploaded photo (scikit-image's astronaut, 512x512, no download)
+
+
+@pytest.fixture(scope="module")
+def astronaut_file(tmp_path_factory) -> str:
+    skdata = pytest.importorskip("skimage.data")
+    pytest.importorskip("mediapipe")
+    pytest.importorskip("cv2")
+    path = tmp_path_factory.mktemp("photos") / "astronaut.png"
+    Image.fromarray(skdata.astronaut()).save(path)
+    return str(path)
+
+
+def canvas_pixel(page, x: float, y: float) -> list[int]:
+    """RGBA of the drawn canvas at a canvas point."""
+    return page.evaluate(
+        """([x, y]) => { const c = document.getElementById('canvas');
+             const k = c.width / window.layercomposer.state.canvas.width;
+             return Array.from(c.getContext('2d').getImageData(Math.round(x * k), Math.round(y * k), 1, 1).data); }""",
+        [x, y],
+    )
+
+
+def test_cut_out_a_photo_then_undo_and_cut_out_a_box(server, browser, astronaut_file, images):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server + "/")
+    page.wait_for_function("window.layercomposer !== undefined")
+    page.locator("#new-project").click()
+    page.set_input_files("#add-image", astronaut_file)
+    page.wait_for_function("window.layercomposer.state.canvas.layers.length === 1")
+    page.wait_for_function("(({state, view}) => view.size(state.canvas.layers[0]) !== null)(window.layercomposer)")
+    before = doc(page)["layers"][0]
+    s = before["scale"]
+    assert s == 0.2  # 512 px fitted into 40% of the 256 px canvas
+
+    def at(ix: float, iy: float, layer: dict = before) -> tuple[float, float]:  # image pixel -> canvas point
+        return layer["x"] + ix * s, layer["y"] + iy * s
+
+    # The wall behind her, right of her head (dark brown in the photo).
+    r, g, b, _ = canvas_pixel(page, *at(420, 100))
+    assert b < 60 and r - b > 40
+
+    # 1. "Cut out": the person. The layer gets the cut-out and stays where it was on the canvas.
+    assert page.locator("#cutout").is_enabled()
+    with page.expect_response(lambda resp: resp.url.endswith("/cutout")) as response:
+        page.locator("#cutout").click()
+    out = response.value.json()
+    page.wait_for_function(f"window.layercomposer.state.canvas.layers[0].image === {json.dumps(out['id'])}")
+    cut = doc(page)["layers"][0]
+    assert cut["image"] != before["image"] and cut["name"] == before["name"] and cut["scale"] == s
+    assert cut["x"] == pytest.approx(before["x"] + out["offset"][0] * s, abs=0.01)
+    assert cut["y"] == pytest.approx(before["y"] + out["offset"][1] * s, abs=0.01)
+    assert out["id"] in page.get_attribute("#layer-list li img", "src")
+    assert "cut out" in page.inner_text("#job-status") and "error" not in page.get_attribute("#job-status", "class")
+    # The wall is gone from the canvas (the grey checkerboard shows through); her face is still drawn.
+    r, g, b, _ = canvas_pixel(page, *at(420, 100))
+    assert min(r, g, b) >= 190 and max(r, g, b) - min(r, g, b) <= 2
+    face = canvas_pixel(page, *at(225, 120))
+    assert face[0] > 180 and face[0] - face[2] > 30  # skin
+
+    # 2. Undo brings the photo back, in one step.
+    page.locator("#undo").click()
+    assert doc(page)["layers"][0] == before
+    page.wait_for_function("(({state, view}) => view.size(state.canvas.layers[0])?.[0] === 512)(window.layercomposer)")
+
+    # 3. "Cut out (box)": drag a box around the helmet she holds (image px 270,330 to the bottom-right corner;
+    #    the drag goes past the layer's edge and is clipped to it).
+    page.locator("#cutout-box").click()
+    assert page.get_attribute("#cutout-box", "aria-pressed") == "true"
+    page.mouse.move(*canvas_to_screen(page, *at(270, 330)))
+    page.mouse.down()
+    with page.expect_request(lambda req: req.url.endswith("/cutout")) as request:
+        page.mouse.move(*canvas_to_screen(page, *at(530, 530)), steps=6)
+        page.mouse.up()
+    sent = json.loads(request.value.post_data)
+    assert sent["mode"] == "box"
+    # One screen pixel is 1.5 image pixels here.
+    assert sent["box"][2:] == [512, 512] and abs(sent["box"][0] - 270) <= 2 and abs(sent["box"][1] - 330) <= 2
+    page.wait_for_function(f"window.layercomposer.state.canvas.layers[0].image !== {json.dumps(before['image'])}")
+    helmet = doc(page)["layers"][0]
+    assert helmet["x"] >= before["x"] + 265 * s and helmet["y"] >= before["y"] + 325 * s
+    assert page.get_attribute("#cutout-box", "aria-pressed") == "false"
+    page.locator("#undo").click()
+    assert doc(page)["layers"][0] == before
+
+    # 4. On a rotated layer the cut content stays exactly where it was: her cheek maps to the same canvas point.
+    page.evaluate("(({state}) => state.update(state.canvas.layers[0].name, {rotation: 30}))(window.layercomposer)")
+    rotated = doc(page)["layers"][0]
+    page.locator("#cutout").click()
+    page.wait_for_function(f"window.layercomposer.state.canvas.layers[0].image === {json.dumps(out['id'])}")
+    turned = doc(page)["layers"][0]
+    ox, oy = out["offset"]
+    old = _layer_point(rotated, (512, 512), 225, 120)
+    new = _layer_point(turned, (out["width"], out["height"]), 225 - ox, 120 - oy)
+    assert new == pytest.approx(old, abs=0.02)
+
+    # 5. A picture with no face: the error says to draw a box, and the layer is left as it was.
+    page.set_input_files("#add-image", images[0])
+    page.wait_for_function("window.layercomposer.state.canvas.layers.length === 2")
+    red = doc(page)["layers"][1]
+    page.locator("#cutout").click()
+    page.wait_for_function("document.getElementById('job-status').classList.contains('error')")
+    assert 'use "Cut out (box)"' in page.inner_text("#job-status")
+    assert doc(page)["layers"][1] == red
+    assert errors == []
+    page.close()
+
+
+def _layer_point(layer: dict, size: tuple[int, int], ix: float, iy: float) -> tuple[float, float]:
+    """Canvas point of a layer's image pixel (the canvas format: rotation counter-clockwise about the centre)."""
+    s, theta = layer["scale"], math.radians(layer["rotation"])
+    u, v = (ix - size[0] / 2) * s, (iy - size[1] / 2) * s
+    cx, cy = layer["x"] + size[0] * s / 2, layer["y"] + size[1] * s / 2
+    return cx + u * math.cos(theta) + v * math.sin(theta), cy - u * math.sin(theta) + v * math.cos(theta)

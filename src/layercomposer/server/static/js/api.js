@@ -46,6 +46,8 @@ export const api = {
     form.append("file", blob, filename);
     return request("POST", "/api/images", form);
   },
+  /** Cut a subject out of a stored image: {mode: "person"} or {mode: "box", box: [x0, y0, x1, y1]} (image px). */
+  cutout: (id, body) => request("POST", `/api/images/${id}/cutout`, body),
   tokens: (canvas) => request("POST", "/api/tokens", { canvas }),
   async bundle(canvas) {
     return (await request("POST", "/api/bundle", { canvas }, { raw: true })).blob();

@@ -17,6 +17,7 @@ const ICONS = {
   hidden: '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M2 12s4-7 10-7 10 7 10 7-4 7-10 7S2 12 2 12z"/><path d="M4 20L20 4"/></svg>',
 };
 let currentJob = null;
+let cutoutBusy = false;
 
 // -- helpers ---------------------------------------------------------------------------------------------
 
@@ -131,6 +132,7 @@ function rename(oldName) {
 function renderProperties() {
   const layer = state.selected && state.layer(state.selected);
   $("properties").hidden = !layer;
+  if (view.pick && view.pick.name !== layer?.name) view.cancelPick(); // the box was for another layer
   if (!layer) return;
   const fields = { "prop-name": layer.name, "prop-x": layer.x ?? 0, "prop-y": layer.y ?? 0, "prop-scale": layer.scale ?? 1, "prop-rotation": layer.rotation ?? 0 };
   for (const [id, value] of Object.entries(fields)) {
@@ -138,6 +140,69 @@ function renderProperties() {
   }
   for (const id of ["prop-x", "prop-y", "prop-scale", "prop-rotation"]) $(id).disabled = layer.kind === "background";
   $("prop-locked").checked = !!layer.locked;
+  const subject = layer.kind !== "background";
+  $("cutout").disabled = $("cutout-box").disabled = cutoutBusy || !subject;
+  $("cutout-box").setAttribute("aria-pressed", String(!!view.pick));
+  const why = subject ? "" : " (for subject layers: add the photo with Add image…)";
+  $("cutout").title = `Cut the person out of this photo (the person of the largest face); Undo brings the photo back${why}`;
+}
+
+// -- cut-out ---------------------------------------------------------------------------------------------
+
+/** Layer fields that show the cut-out where its content was: same scale and rotation, its centre at the
+ *  canvas point where the centre of that part of the old image was (exact at any rotation). */
+function placeCutout(layer, out) {
+  const s = layer.scale || 1;
+  const { width: w0, height: h0 } = out.source;
+  const [ox, oy] = out.offset;
+  const f = { cx: (layer.x || 0) + (w0 * s) / 2, cy: (layer.y || 0) + (h0 * s) / 2, theta: ((layer.rotation || 0) * Math.PI) / 180 };
+  const [cx, cy] = view.toCanvasPoint(f, (ox + out.width / 2 - w0 / 2) * s, (oy + out.height / 2 - h0 / 2) * s);
+  const round = (v) => Math.round(v * 100) / 100;
+  return { image: out.id, x: round(cx - (out.width * s) / 2), y: round(cy - (out.height * s) / 2) };
+}
+
+async function cutOut(mode, box = null) {
+  const layer = state.selected && state.layer(state.selected);
+  if (!layer || layer.kind === "background" || cutoutBusy) return;
+  const { name, image } = layer;
+  cutoutBusy = true;
+  renderProperties();
+  status($("job-status"), mode === "box" ? `cutting out the box ${box.join(", ")} of ${name}…` : `cutting the person out of ${name}…`);
+  try {
+    const out = await api.cutout(image, mode === "box" ? { mode, box } : { mode });
+    await view.load(out.id);
+    const now = state.layer(name);
+    if (!now || now.image !== image) {
+      status($("job-status"), `cut-out of ${name} not applied: the layer changed meanwhile`, true);
+      return;
+    }
+    state.update(name, placeCutout(now, out)); // one undoable step
+    status($("job-status"), `cut out ${out.width} × ${out.height} px of ${name} (${mode === "box" ? "box" : "person"}, ${out.seconds.toFixed(1)} s) · Undo brings the photo back`);
+  } catch (err) {
+    status($("job-status"), `cut out: ${err.message}`, true);
+  } finally {
+    cutoutBusy = false;
+    renderProperties();
+  }
+}
+
+function bindCutout() {
+  $("cutout").addEventListener("click", () => cutOut("person"));
+  $("cutout-box").addEventListener("click", () => {
+    if (view.pick) return view.cancelPick();
+    const name = state.selected;
+    if (!name) return;
+    status($("job-status"), `drag a box around the subject on ${name} (Esc cancels)`);
+    view.pickBox(name, (box) => {
+      renderProperties();
+      if (!box) return status($("job-status"), "");
+      if (box[2] - box[0] < 8 || box[3] - box[1] < 8) {
+        return status($("job-status"), `cut out: the box is ${box[2] - box[0]} × ${box[3] - box[1]} image px; drag a larger one`, true);
+      }
+      cutOut("box", box);
+    });
+    renderProperties();
+  });
 }
 
 function bindProperties() {
@@ -406,6 +471,7 @@ function bindToolbar() {
   for (const id of ["seed", "steps", "guidance", "mode", "random-seed", "instruction", "hard-lock"]) $(id).addEventListener("change", readSettings);
   document.addEventListener("keydown", (e) => {
     if (e.target.closest("input, textarea, select")) return;
+    if (e.key === "Escape" && view.pick) return view.cancelPick();
     if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "z") {
       e.preventDefault();
       e.shiftKey ? state.redo() : state.undo();
@@ -464,6 +530,7 @@ state.addEventListener("change", (e) => {
 
 bindToolbar();
 bindProperties();
+bindCutout();
 renderSettings();
 renderProperties();
 renderLayers();

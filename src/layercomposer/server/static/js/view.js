@@ -1,6 +1,7 @@
 // The canvas view: draws the layers with the canvas format's transform (x, y = top-left of the scaled,
 // unrotated image; rotation counter-clockwise on screen about its centre) and handles direct manipulation:
-// drag to move, corner handles to scale (aspect kept, centre fixed), the top handle to rotate.
+// drag to move, corner handles to scale (aspect kept, centre fixed), the top handle to rotate; and, for
+// "Cut out (box)", a box dragged on one layer (in that layer's own axes, so it is exact at any rotation).
 
 import { api } from "./api.js";
 
@@ -16,10 +17,11 @@ export class CanvasView {
     this.state = state;
     this.images = new Map(); // image id -> HTMLImageElement
     this.drag = null;
+    this.pick = null; // box picking: { name, done, f, a, b, dragging }
     element.addEventListener("pointerdown", (e) => this.onDown(e));
     element.addEventListener("pointermove", (e) => this.onMove(e));
     element.addEventListener("pointerup", (e) => this.onUp(e));
-    element.addEventListener("pointercancel", (e) => this.onUp(e));
+    element.addEventListener("pointercancel", (e) => (this.pick ? this.cancelPick() : this.onUp(e)));
     element.addEventListener("keydown", (e) => this.onKey(e));
     new ResizeObserver(() => this.draw()).observe(element.parentElement);
   }
@@ -35,6 +37,14 @@ export class CanvasView {
       this.images.set(id, img);
     }
     return img.complete && img.naturalWidth ? img : null;
+  }
+
+  /** The image of an id, once it has loaded (for swapping a layer's image without a blank frame). */
+  load(id) {
+    const ready = this.image(id);
+    if (ready) return Promise.resolve(ready);
+    const img = this.images.get(id);
+    return img.decode().then(() => img, () => img);
   }
 
   size(layer) {
@@ -97,6 +107,59 @@ export class CanvasView {
     return null;
   }
 
+  // -- box picking ("Cut out (box)") ------------------------------------------------------------------------
+
+  /** Let the user drag a box on layer `name`; `done` gets it in the image's own pixels [x0, y0, x1, y1], or
+   *  null when cancelled. The box follows the layer's axes (drawn rotated with it), clipped to the layer. */
+  pickBox(name, done) {
+    this.cancelPick();
+    this.pick = { name, done, f: null, a: null, b: null, dragging: false };
+    this.el.style.cursor = "crosshair";
+    this.draw();
+  }
+
+  cancelPick() {
+    const pick = this.pick;
+    if (!pick) return;
+    this.pick = null;
+    this.el.style.cursor = "default";
+    this.draw();
+    pick.done(null);
+  }
+
+  /** A canvas point in the picked layer's frame (relative to its centre), clipped to the layer. */
+  pickPoint(f, px, py) {
+    const [u, v] = this.toLocal(f, px, py);
+    return [Math.max(-f.w / 2, Math.min(f.w / 2, u)), Math.max(-f.h / 2, Math.min(f.h / 2, v))];
+  }
+
+  /** The picked box in the layer image's pixels. */
+  pickedBox(layer, f, a, b) {
+    const s = layer.scale || 1;
+    const [iw, ih] = this.size(layer);
+    const px = (u) => Math.max(0, Math.min(iw, Math.round((u + f.w / 2) / s)));
+    const py = (v) => Math.max(0, Math.min(ih, Math.round((v + f.h / 2) / s)));
+    return [px(Math.min(a[0], b[0])), py(Math.min(a[1], b[1])), px(Math.max(a[0], b[0])), py(Math.max(a[1], b[1]))];
+  }
+
+  drawPick(ctx, k) {
+    const { f, a, b } = this.pick || {};
+    if (!f || !a || !b) return;
+    const corners = [[a[0], a[1]], [b[0], a[1]], [b[0], b[1]], [a[0], b[1]]].map(([u, v]) => this.toCanvasPoint(f, u, v));
+    ctx.save();
+    ctx.lineWidth = 1.5 * k;
+    for (const [colour, offset] of [["#000", 0], ["#fff", 4 * k]]) {
+      ctx.strokeStyle = colour;
+      ctx.setLineDash([4 * k, 4 * k]);
+      ctx.lineDashOffset = offset;
+      ctx.beginPath();
+      corners.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
+      ctx.closePath();
+      ctx.stroke();
+    }
+    ctx.restore();
+  }
+
   // -- drawing ----------------------------------------------------------------------------------------------
 
   /** Display size: the whole canvas fits the stage (small canvases zoomed up); returns screen px per canvas px. */
@@ -151,6 +214,7 @@ export class CanvasView {
       if (layer.visible === false) continue;
       this.drawMarks(ctx, layer, k);
     }
+    this.drawPick(ctx, k);
     ctx.restore();
   }
 
@@ -239,6 +303,16 @@ export class CanvasView {
   onDown(e) {
     this.el.focus();
     const [px, py, k] = this.pointer(e);
+    if (this.pick) {
+      const layer = this.state.layer(this.pick.name);
+      const f = layer && this.frame(layer);
+      if (!f) return;
+      this.el.setPointerCapture(e.pointerId);
+      Object.assign(this.pick, { f, a: this.pickPoint(f, px, py), dragging: true });
+      this.pick.b = this.pick.a;
+      this.draw();
+      return;
+    }
     const selected = this.state.selected && this.state.layer(this.state.selected);
     if (selected && selected.kind !== "background") {
       const f = this.frame(selected);
@@ -268,6 +342,14 @@ export class CanvasView {
   }
 
   onMove(e) {
+    if (this.pick) {
+      if (this.pick.dragging) {
+        const [px, py] = this.pointer(e);
+        this.pick.b = this.pickPoint(this.pick.f, px, py);
+        this.draw();
+      }
+      return;
+    }
     if (!this.drag) {
       const [px, py] = this.pointer(e);
       this.el.style.cursor = this.hitLayer(px, py) ? "move" : "default";
@@ -298,6 +380,18 @@ export class CanvasView {
   }
 
   onUp(e) {
+    if (this.pick?.dragging) {
+      const { name, done, f, a } = this.pick;
+      const [px, py] = this.pointer(e);
+      const b = this.pickPoint(f, px, py);
+      this.pick = null;
+      this.el.releasePointerCapture?.(e.pointerId);
+      this.el.style.cursor = "default";
+      this.draw();
+      const layer = this.state.layer(name);
+      done(layer && this.size(layer) ? this.pickedBox(layer, f, a, b) : null);
+      return;
+    }
     if (!this.drag) return;
     this.drag = null;
     this.el.releasePointerCapture?.(e.pointerId);
@@ -305,6 +399,11 @@ export class CanvasView {
   }
 
   onKey(e) {
+    if (this.pick && e.key === "Escape") {
+      e.preventDefault();
+      this.cancelPick();
+      return;
+    }
     const layer = this.state.selected && this.state.layer(this.state.selected);
     if (!layer) return;
     const step = e.shiftKey ? 10 : 1;
