@@ -1,0 +1,46 @@
+"""The demo models ship inside the installed package and are what `generate` uses by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import layercomposer
+from layercomposer.canvas import load_canvas
+from layercomposer.cli import default_model, main
+from layercomposer.models.registry import WEIGHTS_DIR, shipped_models
+from layercomposer.pipeline import LayerComposerPipeline
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_weights_live_in_the_imported_package_and_fit_the_budget():
+    assert WEIGHTS_DIR.parent == Path(layercomposer.__file__).resolve().parent
+    files = [p for p in WEIGHTS_DIR.rglob("*") if p.is_file()]
+    assert files and all(p.suffix in {".json", ".safetensors", ".txt"} for p in files)  # nothing pickled
+    assert sum(p.stat().st_size for p in files) <= 30 * 2**20
+
+
+@pytest.mark.parametrize("name", ["demo", "demo-collage"])
+def test_shipped_model_loads_and_renders(name):
+    if name not in shipped_models():
+        pytest.fail(f"{name} is not in the installed package ({WEIGHTS_DIR})")
+    pipe = LayerComposerPipeline.from_pretrained(name)
+    assert pipe.name == name and pipe.text_encoder.kind == "clip"
+    canvas = load_canvas(EXAMPLES / "two-overlapping.json")
+    mode = "collage" if name == "demo-collage" else "layered"
+    image = pipe(canvas, num_inference_steps=3, seed=0, mode=mode)
+    assert image.size == (canvas.width, canvas.height)
+    assert np.asarray(image).std() > 5  # a picture, not a constant
+
+
+def test_demo_is_the_default_model(tmp_path, capsys):
+    assert default_model() == "demo"
+    out = tmp_path / "out.png"
+    assert main(["generate", str(EXAMPLES / "one-sprite.json"), "-o", str(out), "--steps", "2"]) == 0
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert '"model": "demo"' in im.text["layercomposer"]
