@@ -268,7 +268,7 @@ def test_trainer_writes_metrics_curve_checkpoints_and_model(scenes_dir, tmp_path
     from layercomposer.cli import main
 
     assert main(["train-export", str(run), "-o", str(tmp_path / "at6"), "--dtype", cfg.export_dtype]) == 0
-    assert main(["train-export", str(run), "--step", "3", "-o", str(tmp_path / "at3")]) == 0
+    assert main(["train-export", str(run), "--step", "3", "-o", str(tmp_path / "at3"), "--guidance", "2.5"]) == 0
     weights = "transformer/diffusion_pytorch_model.safetensors"
     final, at6, at3 = (load_file(d / weights) for d in (run / "model", tmp_path / "at6", tmp_path / "at3"))
     assert all(torch.equal(final[k], at6[k]) for k in final)
@@ -277,7 +277,8 @@ def test_trainer_writes_metrics_curve_checkpoints_and_model(scenes_dir, tmp_path
     te = "text_encoder/model.safetensors"
     assert all(torch.equal(a, b) for a, b in zip(load_file(run / "model" / te).values(),
                                                    load_file(tmp_path / "at6" / te).values(), strict=True))
-    assert LayerComposerPipeline.from_pretrained(tmp_path / "at3").name == "at3"
+    at3_pipe = LayerComposerPipeline.from_pretrained(tmp_path / "at3")
+    assert at3_pipe.name == "at3" and at3_pipe.guidance_scale == 2.5
     assert main(["train-export", str(run), "--step", "4", "-o", str(tmp_path / "at4")]) == 2
     assert not (tmp_path / "at4").exists()
 

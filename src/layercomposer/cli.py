@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     te.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"])
     te.add_argument("--name", default=None, help="model name stored in the folder (default: its folder name)")
+    te.add_argument("--guidance", type=float, default=None, help="default guidance scale stored in the folder")
     te.set_defaults(func=cmd_train_export)
     tv = sub.add_parser("train-vae", help="train the demo model's VAE on scenes",
                         description="Train a small AutoencoderKL on scene pictures and layers (the demo's VAE).")
@@ -393,7 +394,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_train_export(args: argparse.Namespace) -> int:
     from .training.train import export_checkpoint
 
-    out = export_checkpoint(args.run, args.output, step=args.step, dtype=args.dtype, name=args.name)
+    out = export_checkpoint(args.run, args.output, step=args.step, dtype=args.dtype, name=args.name,
+                            guidance_scale=args.guidance)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

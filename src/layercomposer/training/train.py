@@ -317,7 +317,7 @@ if __name__ == "__main__":
 
 
 def export_checkpoint(run: str | Path, out: str | Path, step: int | None = None, dtype: str = "float16",
-                      name: str | None = None) -> Path:
+                      name: str | None = None, guidance_scale: float | None = None) -> Path:
     """Turn one checkpoint of a full-training run into a pipeline folder (what `--model DIR` loads).
 
     Any checkpoint, not only the last: pick the step whose samples or eval loss are best. The folder is
@@ -359,6 +359,8 @@ def export_checkpoint(run: str | Path, out: str | Path, step: int | None = None,
     if cfg.get("train_text_encoder"):
         pipe.text_encoder.model.load_state_dict(load_file(ckpt / "model_1.safetensors"))
     pipe.name = name or out.name
+    if guidance_scale is not None:
+        pipe.guidance_scale = float(guidance_scale)  # the default `generate` uses
     from diffusers.utils import logging as diffusers_logging
 
     level = diffusers_logging.get_verbosity()
