@@ -438,10 +438,10 @@ def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
         "",
         f"- Locked characters only (background excluded): {_f(lk['subjects_only']['psnr'])} vs VAE ceiling "
         f"{_f(lk['subjects_only']['vae_ceiling'])} ({lk['subjects_only']['regions']} regions).",
-        f"- With `--hard-lock` (cells showing locked layers only held to their latents while sampling; an "
-        f"inference option, not the model): locked regions {_f(lk.get('psnr_hard_lock'))}, locked characters "
-        f"{_f(lk['subjects_only'].get('psnr_hard_lock'))}, unlocked characters {_f(ul.get('hard_lock'))}, "
-        f"occlusion subset {_f(oc.get('hard_lock'))}.",
+        "- With `--hard-lock` (latent pixels, 8 px, showing locked layers only held to their latents while "
+        f"sampling; an inference option, not the model): locked regions {_f(lk.get('psnr_hard_lock'))}, "
+        f"locked characters {_f(lk['subjects_only'].get('psnr_hard_lock'))}, "
+        f"unlocked characters {_f(ul.get('hard_lock'))}, occlusion subset {_f(oc.get('hard_lock'))}.",
         f"- Same character locked vs unlocked (everything else equal, {fl['cases']} cases): "
         f"{_f(fl['locked'])} locked, {_f(fl['unlocked'])} unlocked.",
         f"- Layout: unlocked characters drawn {_f(ul['layout_error_px'], ' px', 1)} from where the target has them "
