@@ -157,11 +157,28 @@ def main() -> int:
     path = Path(args.json.format(device=args.device.split(":")[0]))
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"device": args.device, "model": args.model, "size": args.size, "share": args.share,
-           "steps": args.steps, "rows": rows, "machine": machine_description(args.device)}
+           "steps": args.steps, "warmup": args.warmup, "rows": rows, "machine": machine_description(args.device)}
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)
     print(f"wrote {write_report(path.parent, Path(args.report))}", file=sys.stderr)
     return 0
+
+
+NOTES = [
+    "## Reading it",
+    "",
+    "- Layered (pruned) cost follows the visible area: at 16 subjects covering 80% of the canvas it keeps "
+    "196 condition tokens, fewer than the collage's full grid of 256, while unpruned conditioning grows with "
+    "the number of layers (4096 tokens, about 30x the floor on this CPU, quadratic attention showing).",
+    "- On the CPU, peak memory is the growth of the process's peak resident size during one step; at the "
+    "demo size (5 M parameters, a few MiB of activations) it is below what the allocator's reuse lets us "
+    "see, so that column is noise here. The GPU run (CUDA's peak allocation) is the one to read for memory.",
+    "- GPU: this project's sessions so far were not lent a GPU, so the full-size table is missing. Ready to "
+    "run on one (random FLUX.1 Kontext weights, bf16, 1024x1024, 4096 noisy tokens): "
+    "`python benchmarks/scaling.py --device cuda --model flux-kontext --size 1024`; it adds a section here "
+    "and a row of plots.",
+    "",
+]
 
 
 def write_report(folder: Path, out: Path) -> Path:
@@ -180,7 +197,8 @@ def write_report(folder: Path, out: Path) -> Path:
         rows = run["rows"]
         lines += [f"## {run['model']} at {run['size']} px on {run['device']}", "",
                   f"Machine: {run['machine']}. Command: `python benchmarks/scaling.py --device {run['device']} "
-                  f"--model {run['model']} --size {run['size']}` (median of {run['steps']} steps, each subject "
+                  f"--model {run['model']} --size {run['size']} --steps {run['steps']} "
+                  f"--warmup {run.get('warmup', 2)}` (median of {run['steps']} steps, each subject "
                   f"{run['share']:.0%} of the canvas; {rows[0]['noisy']} noisy tokens).", "",
                   "| subjects | mode | condition tokens | ms / step | x floor | peak memory (MiB) |",
                   "|---|---|---|---|---|---|"]
@@ -206,7 +224,7 @@ def write_report(folder: Path, out: Path) -> Path:
     plot.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(plot)
     plt.close(fig)
-    lines += ["![scaling](figures/scaling.png)", ""]
+    lines += ["![scaling](figures/scaling.png)", "", *NOTES]
     out.write_text("\n".join(lines))
     return out
 
