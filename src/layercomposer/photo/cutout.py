@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..imageio import MAX_IMAGE_BYTES, decode_image
 from . import PhotoError, require
 
 MODEL_SIDE = 1024
@@ -96,20 +95,10 @@ class Cutout:
 
 
 def load_photo(path: str | Path) -> Image.Image:
-    """Read and decode a photo with the project's limits; RGB (alpha, if any, is dropped)."""
-    path = Path(path)
-    where = str(path)
-    try:
-        if path.stat().st_size > MAX_IMAGE_BYTES:
-            raise PhotoError(f"{where}: file is above the {MAX_IMAGE_BYTES >> 20} MiB limit")
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise PhotoError(f"{where}: file not found") from None
-    except IsADirectoryError:
-        raise PhotoError(f"{where}: is a directory, not an image file") from None
-    except OSError as exc:
-        raise PhotoError(f"{where}: cannot read ({exc.strerror or exc})") from None
-    return decode_image(data, where).convert("RGB")
+    """Read and decode a photo with the project's limits (the canvas's own reader); RGB, alpha dropped."""
+    from ..canvas import LayerImage
+
+    return LayerImage.from_file(path).rgba.convert("RGB")
 
 
 def rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
