@@ -195,6 +195,11 @@ def test_hard_lock_holds_the_locked_cells_to_their_latents(tiny_pipe, make_canva
     # Token (0, 0) packs latent pixels (0..1, 0..1): (1, 1) is the sprite's, the other three are held.
     assert held[0, 0].sum() == 3 * channels and held[0, 5].sum() == 0  # token (1, 1) is all sprite
     assert torch.equal(seen[-1][held], x0[held])
+    # Another seed on the unchanged canvas: nothing is rendered or encoded again.
+    assert sum(key[0] == "hard_lock" for key in tiny_pipe.conditioning._cache) == 1
+    calls = tiny_pipe.conditioning.encode_calls
+    again = tiny_pipe.generate(canvas, num_inference_steps=1, seed=2, hard_lock=True)
+    assert tiny_pipe.conditioning.encode_calls == calls and again.hard_locked == result.hard_locked
     free = tiny_pipe.generate(canvas, num_inference_steps=3, seed=1)
     assert free.hard_locked is None and not free.settings()["hard_lock"] and result.settings()["hard_lock"]
     assert not torch.equal(seen[-1][~held], x0[~held])

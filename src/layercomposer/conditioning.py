@@ -199,16 +199,38 @@ class ConditioningBuilder:
                          collage_total=cells if visible else 0, hidden=hidden)
 
     def _entry(self, key: tuple[Any, ...], render: Callable[[], Image.Image]) -> _Entry:
+        def make() -> _Entry:
+            image = render()
+            return _Entry(keep_full=keep_mask(np.asarray(image.getchannel("A"), np.float32) / 255.0), image=image)
+
+        return self._cached(key, make)
+
+    def _cached(self, key: tuple[Any, ...], make: Callable[[], _Entry]) -> _Entry:
         entry = self._cache.get(key)
         if entry is None:
-            image = render()
-            entry = _Entry(keep_full=keep_mask(np.asarray(image.getchannel("A"), np.float32) / 255.0), image=image)
-            self._cache[key] = entry
+            entry = self._cache[key] = make()
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(key)
         return entry
+
+    def hard_lock(self, canvas: Canvas) -> tuple[np.ndarray, torch.Tensor | None]:
+        """`hard_lock_target`'s mask and the locked picture's latent tokens, cached like a layer's.
+
+        The key is every visible layer's key and lock, so regenerating an unchanged canvas (another seed)
+        neither re-renders nor re-encodes. Tokens are None when no latent pixel is held.
+        """
+        key = ("hard_lock", tuple((layer_key(canvas, layer), layer.locked) for layer in canvas.visible_layers()))
+
+        def make() -> _Entry:
+            held, picture = hard_lock_target(canvas)
+            return _Entry(keep_full=held, image=picture)
+
+        entry = self._cached(key, make)
+        if not entry.keep_full.any():
+            return entry.keep_full, None
+        return entry.keep_full, self._tokens(key, canvas, "layered")
 
     # -- building ------------------------------------------------------------------------------------------
 

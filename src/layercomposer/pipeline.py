@@ -23,9 +23,7 @@ from .conditioning import (
     ConditioningBuilder,
     Mode,
     TokenPlan,
-    composite_on_fill,
     grid_ids,
-    hard_lock_target,
 )
 from .errors import LayerComposerError, ModelError
 from .flow import FlowSchedule
@@ -350,13 +348,12 @@ class LayerComposerPipeline:
 
         known, hard_locked = None, (0 if hard_lock else None)
         if hard_lock:
-            held, picture = hard_lock_target(canvas)
-            if picture is not None:
-                with torch.no_grad():
-                    x0 = self._encode_pixels(torch.from_numpy(composite_on_fill(picture))[None])
+            with torch.no_grad():
+                held, x0 = self.conditioning.hard_lock(canvas)  # cached: an unchanged canvas encodes once
+            if x0 is not None:
                 channels = x0.shape[-1] // 4
                 mask = pack_latents(torch.from_numpy(held)[None, None].expand(1, channels, -1, -1))
-                known = KnownRegion(x0.to(device, dtype), mask.to(device))
+                known = KnownRegion(x0[None].to(device, dtype), mask.to(device))
                 hard_locked = int(held.sum())
             seconds["hard_lock"] = time.perf_counter() - t1
 
