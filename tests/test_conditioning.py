@@ -103,9 +103,11 @@ def _fake_free_encoder_counting(seen):
         _, _, h, w = pixels.shape
         rows, cols = h // 16, w // 16
         r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-        mean = pixels[0].reshape(3, rows, 16, cols, 16).mean(dim=(2, 4))  # (3, rows, cols)
-        feats = torch.stack([r.float(), c.float(), *mean], dim=-1)  # (rows, cols, 5)
-        return feats.reshape(1, rows * cols, 5)
+        out = []
+        for picture in pixels:
+            mean = picture.reshape(3, rows, 16, cols, 16).mean(dim=(2, 4))  # (3, rows, cols)
+            out.append(torch.stack([r.float(), c.float(), *mean], dim=-1).reshape(rows * cols, 5))
+        return torch.stack(out)  # (b, rows*cols, 5)
 
     return encode
 
@@ -132,7 +134,7 @@ def test_three_modes_share_one_path():
     assert colour[3, 3].tolist() == [0, 0, 0]
     stats = layered.plan.as_dict()
     assert (stats["total"], stats["unpruned_total"], stats["collage_total"]) == (5, 32, 16)
-    assert len(seen) == 3  # A, B once each (shared by layered and unpruned), then the collage
+    assert len(seen) == 3 and builder.encode_calls == 3  # A, B once each (shared by layered and unpruned), collage
 
 
 def test_empty_canvas_has_no_condition_tokens():
@@ -173,6 +175,17 @@ def test_cache_encodes_an_unchanged_layer_once():
     dup.layers.append(layer("copy-of-L0", solid(16, 16, (0, 0, 0, 255)), x=0, y=0))  # same content + place as L0
     builder.build(dup)
     assert builder.encode_calls == 7
+
+
+def test_missing_layers_are_encoded_in_batches_of_encode_batch():
+    layers = [layer(f"L{i}", solid(16, 16, (40 * i, 0, 0, 255)), x=16 * i, y=0) for i in range(6)]
+    seen: list = []
+    builder = ConditioningBuilder(encoder=_fake_free_encoder_counting(seen), encode_batch=4)
+    cond = builder.build(Canvas(128, 64, layers))
+    assert [len(p) for p in seen] == [4, 2] and builder.encode_calls == 6
+    # Each layer's tokens come from its own picture in the batch: its red channel at its own cell.
+    reds = cond.tokens[0, :, 2]
+    assert reds.tolist() == pytest.approx([2 * 40 * i / 255 - 1 for i in range(6)], abs=1e-6)
 
 
 def test_fill_colour_is_zero_and_alpha_premultiplies():

@@ -94,6 +94,16 @@ def test_layers_encoded_once_across_generations(tiny_pipe):
     assert tiny_pipe.conditioning.encode_calls - start == 5
 
 
+def test_batched_layer_encoding_matches_one_layer_at_a_time(tiny_pipe):
+    from layercomposer.conditioning import ConditioningBuilder
+
+    canvas = six_layer_canvas(5)
+    one = ConditioningBuilder(tiny_pipe._encode_pixels, encode_batch=1).build(canvas)
+    many = ConditioningBuilder(tiny_pipe._encode_pixels, encode_batch=8).build(canvas)
+    assert torch.equal(one.ids, many.ids)
+    torch.testing.assert_close(many.tokens, one.tokens, rtol=1e-4, atol=1e-5)
+
+
 def test_save_and_load_gives_the_same_picture(tiny_pipe, tmp_path):
     canvas = six_layer_canvas(2)
     before = tiny_pipe(canvas, num_inference_steps=2, seed=3)

@@ -296,6 +296,46 @@ def test_resume_gives_the_same_next_loss(scenes_dir, tmp_path):
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-5)
 
 
+def test_resume_with_a_sample_pool_and_ema_gives_the_same_losses_and_weights(scenes_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from layercomposer.training.metrics import read_metrics
+    from layercomposer.training.train import train
+
+    kw = dict(sample_pool=5, ema_decay=0.9, batch_size=3)
+    straight = train(_cfg(scenes_dir, tmp_path / "straight", steps=5, save_every=5, **kw), progress=False)
+    train(_cfg(scenes_dir, tmp_path / "split", steps=3, save_every=3, **kw), progress=False)
+    split = train(_cfg(scenes_dir, tmp_path / "split", steps=5, save_every=5, **kw), progress=False)
+    a = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    b = read_metrics(tmp_path / "split" / "metrics.jsonl")
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-5)
+    # 15 draws from a pool of 5: samples come back, encoded once (the resumed run re-encodes what it meets).
+    assert len(straight._pool) <= 5 and split.ema.updates == straight.ema.updates == 5
+    for key, value in straight.ema.shadow.items():
+        torch.testing.assert_close(split.ema.shadow[key], value, rtol=1e-4, atol=1e-6)
+    # The exported model holds the averaged weights, not the last iterate.
+    ema = load_file(tmp_path / "straight" / "checkpoints" / "step-0000005" / "ema.safetensors")
+    exported = load_file(tmp_path / "straight" / "model" / "transformer" / "diffusion_pytorch_model.safetensors")
+    raw = straight.accelerator.unwrap_model(straight.transformer).state_dict()
+    name = "proj_out.weight"
+    torch.testing.assert_close(exported[name], ema[f"transformer.{name}"].to(exported[name].dtype))
+    assert not torch.allclose(raw[name].float(), ema[f"transformer.{name}"], atol=1e-6)
+
+
+def test_pool_draws_are_seeded_by_sample_not_by_step(scenes_dir, tmp_path):
+    from layercomposer.training.train import Trainer
+
+    trainer = Trainer(_cfg(scenes_dir, tmp_path / "pool", sample_pool=2, batch_size=4, prompt_dropout=0.0))
+    first = trainer.make_batch(0, 0)
+    assert len(trainer._pool) == 2  # four draws, two distinct samples
+    again = Trainer(_cfg(scenes_dir, tmp_path / "pool2", sample_pool=2, batch_size=4, prompt_dropout=0.0))
+    fresh_order = again.make_batch(7, 0)  # another step: other draws, same two samples
+    by_prompt = {p: first.x0[i] for i, p in enumerate(first.prompts)}
+    for i, p in enumerate(fresh_order.prompts):
+        assert torch.equal(fresh_order.x0[i], by_prompt[p])
+    assert torch.equal(trainer._pool[0].cond, again._pool[0].cond)
+
+
 def test_lora_save_and_load_round_trip(scenes_dir, tmp_path):
     from diffusers import FluxKontextPipeline
 

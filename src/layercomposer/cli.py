@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"])
     te.add_argument("--name", default=None, help="model name stored in the folder (default: its folder name)")
     te.add_argument("--guidance", type=float, default=None, help="default guidance scale stored in the folder")
+    te.add_argument("--no-ema", dest="ema", action="store_false",
+                    help="export the raw weights of a run trained with --ema-decay (default: the averaged ones)")
     te.set_defaults(func=cmd_train_export)
     tv = sub.add_parser("train-vae", help="train the demo model's VAE on scenes",
                         description="Train a small AutoencoderKL on scene pictures and layers (the demo's VAE).")
@@ -395,7 +397,7 @@ def cmd_train_export(args: argparse.Namespace) -> int:
     from .training.train import export_checkpoint
 
     out = export_checkpoint(args.run, args.output, step=args.step, dtype=args.dtype, name=args.name,
-                            guidance_scale=args.guidance)
+                            guidance_scale=args.guidance, ema=args.ema)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

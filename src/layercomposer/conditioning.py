@@ -34,7 +34,7 @@ FILL_VALUE = 0.5
 """Fill colour (grey, per channel in [0, 1]) behind transparent pixels; 0 in the VAE's [-1, 1] input."""
 
 TokenEncoder = Callable[["torch.Tensor"], "torch.Tensor"]
-"""(1, 3, H, W) image in [-1, 1] -> (1, rows*cols, D) packed latent tokens, row-major over the grid."""
+"""(B, 3, H, W) images in [-1, 1] -> (B, rows*cols, D) packed latent tokens, row-major over the grid."""
 
 
 def nearest_grid(alpha: np.ndarray) -> np.ndarray:
@@ -151,10 +151,16 @@ class ConditioningBuilder:
     re-renders and re-encodes that layer only. Locking, visibility and z-order change ids, not latents.
     """
 
-    def __init__(self, encoder: TokenEncoder | None = None, max_entries: int = 64) -> None:
+    def __init__(self, encoder: TokenEncoder | None = None, max_entries: int = 64, encode_batch: int = 1) -> None:
         self.encoder = encoder
         self.max_entries = max_entries
+        self.encode_batch = max(1, encode_batch)
+        """Pictures encoded together in one VAE call. Batching is faster (the trainer uses 8), but a
+        convolution's float rounding can depend on the batch size, so a layer's latents would then depend
+        on which other layers happened to be missing from the cache. Inference keeps 1: the same canvas
+        and seed give the same picture bit for bit, whatever was cached before."""
         self.encode_calls = 0
+        """Pictures encoded so far (layers, collages, locked pictures), whatever the batching."""
         self._cache: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
 
     def clear(self) -> None:
@@ -230,9 +236,23 @@ class ConditioningBuilder:
         entry = self._cached(key, make)
         if not entry.keep_full.any():
             return entry.keep_full, None
-        return entry.keep_full, self._tokens(key, canvas, "layered")
+        return entry.keep_full, self._tokens(key, canvas)
 
     # -- building ------------------------------------------------------------------------------------------
+
+    def prepare(self, canvases: list[Canvas], mode: Mode = "layered") -> list[TokenPlan]:
+        """Plan several canvases of one size and encode every layer they miss, `encode_batch` per VAE call.
+
+        A trainer's batch of canvases then builds from the cache; the latents are those `build` would make.
+        """
+        if self.encoder is None:
+            raise RuntimeError("ConditioningBuilder.prepare needs an encoder")
+        plans = [self.plan(canvas, mode) for canvas in canvases]
+        if canvases:
+            if len({canvas.grid for canvas in canvases}) != 1:
+                raise ValueError("prepare: the canvases must share one token grid")
+            self._encode_missing([group.key for plan in plans for group in plan.groups], canvases[0])
+        return plans
 
     def build(self, canvas: Canvas, mode: Mode = "layered") -> Conditioning:
         """The condition tokens and ids of `canvas` in `mode`, encoding only layers not already cached."""
@@ -241,9 +261,10 @@ class ConditioningBuilder:
         if self.encoder is None:
             raise RuntimeError("ConditioningBuilder.build needs an encoder")
         plan = self.plan(canvas, mode)
+        self._encode_missing([group.key for group in plan.groups], canvas)
         token_parts, id_parts = [], []
         for group in plan.groups:
-            all_tokens = self._tokens(group.key, canvas, mode)  # (rows*cols, D)
+            all_tokens = self._tokens(group.key, canvas)  # (rows*cols, D)
             flat_keep = torch.from_numpy(group.keep.reshape(-1))
             token_parts.append(all_tokens[flat_keep.to(all_tokens.device)])
             rc = torch.from_numpy(np.argwhere(group.keep))  # (n, 2) row-major (r, c)
@@ -255,23 +276,30 @@ class ConditioningBuilder:
             tokens, ids = None, torch.zeros((0, 3), dtype=torch.int64)
         return Conditioning(tokens=tokens, ids=ids, plan=plan)
 
-    def _tokens(self, key: tuple[Any, ...], canvas: Canvas, mode: Mode) -> torch.Tensor:
+    def _encode_missing(self, keys: list[tuple[Any, ...]], canvas: Canvas) -> None:
+        """Encode the cached renders of `keys` that have no latents yet, `encode_batch` pictures per VAE call."""
         import torch
 
-        entry = self._cache[key]
-        if entry.tokens is None:
-            if entry.image is None:  # evicted render (should not happen within one build), re-render
+        missing = [key for key in dict.fromkeys(keys) if self._cache[key].tokens is None]
+        rows, cols = canvas.grid
+        for start in range(0, len(missing), self.encode_batch):
+            chunk = [self._cache[key] for key in missing[start:start + self.encode_batch]]
+            if any(entry.image is None for entry in chunk):  # evicted render (cannot happen within one build)
                 raise RuntimeError("layer render missing from cache")
-            pixels = torch.from_numpy(composite_on_fill(entry.image))[None]  # (1, 3, H, W)
-            tokens = self.encoder(pixels)  # (1, rows*cols, D)
-            self.encode_calls += 1
-            rows, cols = canvas.grid
-            if tokens.shape[:2] != (1, rows * cols):
-                raise RuntimeError(f"encoder returned {tuple(tokens.shape)} for a {rows}x{cols} grid")
-            entry.tokens = tokens[0].detach()
-            entry.image = None  # the latents are all we need from now on
-        return entry.tokens
+            pixels = torch.from_numpy(np.stack([composite_on_fill(entry.image) for entry in chunk]))  # (B, 3, H, W)
+            tokens = self.encoder(pixels)  # (B, rows*cols, D)
+            if tokens.shape[:2] != (len(chunk), rows * cols):
+                raise RuntimeError(f"encoder returned {tuple(tokens.shape)} for {len(chunk)} pictures, {rows}x{cols}")
+            self.encode_calls += len(chunk)
+            for entry, layer_tokens in zip(chunk, tokens.detach(), strict=True):
+                entry.tokens = layer_tokens.clone()  # not a view: an evicted neighbour frees its memory
+                entry.image = None  # the latents are all we need from now on
 
+    def _tokens(self, key: tuple[Any, ...], canvas: Canvas) -> torch.Tensor:
+        """The (rows*cols, D) latents of a cached entry, encoding it if needed."""
+        if self._cache[key].tokens is None:
+            self._encode_missing([key], canvas)
+        return self._cache[key].tokens
 
 @dataclass
 class Conditioning:

@@ -244,7 +244,7 @@ class LayerComposerPipeline:
 
     @torch.no_grad()
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(1, 3, H, W) in [-1, 1] -> (1, H/16 * W/16, 4C) normalised packed latents (distribution mode)."""
+        """(B, 3, H, W) in [-1, 1] -> (B, H/16 * W/16, 4C) normalised packed latents (distribution mode)."""
         vae = self.vae
         vae_dtype = next(vae.parameters()).dtype
         latents = vae.encode(pixels.to(self.device, vae_dtype)).latent_dist.mode()

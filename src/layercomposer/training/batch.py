@@ -61,37 +61,72 @@ class Batch:
 
 
 class SampleEncoder:
-    """Encodes training canvases with the same `ConditioningBuilder` as inference; targets cached by content."""
+    """Encodes training canvases with the same `ConditioningBuilder` as inference; targets cached by content.
+
+    `encode_many` encodes a whole micro-batch's missing pictures (layers, collages, targets) in VAE calls of
+    `encode_batch` pictures: on a CPU, one call on 8 pictures costs about half of 8 calls on one.
+    """
 
     def __init__(self, encode_pixels: Callable[[torch.Tensor], torch.Tensor], mode: Mode = "layered",
-                 max_cached_layers: int = 65536, max_cached_targets: int = 65536) -> None:
+                 max_cached_layers: int = 65536, max_cached_targets: int = 65536, encode_batch: int = 8) -> None:
         self.encode_pixels = encode_pixels
         self.mode = mode
-        self.builder = ConditioningBuilder(encode_pixels, max_entries=max_cached_layers)
+        self.encode_batch = max(1, encode_batch)
+        self.builder = ConditioningBuilder(encode_pixels, max_entries=max_cached_layers, encode_batch=encode_batch)
         self.max_cached_targets = max_cached_targets
         self._targets: OrderedDict[tuple[str, int, int, int], torch.Tensor] = OrderedDict()
 
+    @staticmethod
+    def _target_key(sample: TrainingSample) -> tuple[str, int, int, int]:
+        return (sample.scene, sample.image, *sample.target.size)
+
+    def _encode_targets(self, samples: list[TrainingSample]) -> None:
+        missing = {self._target_key(s): s for s in samples if self._target_key(s) not in self._targets}
+        items = list(missing.items())
+        for start in range(0, len(items), self.encode_batch):
+            chunk = items[start:start + self.encode_batch]
+            pixels = torch.cat([target_pixels(sample) for _, sample in chunk])
+            tokens = self.encode_pixels(pixels).detach()
+            for (key, _), t in zip(chunk, tokens, strict=True):
+                self._targets[key] = t.clone()
+        while len(self._targets) > self.max_cached_targets:
+            self._targets.popitem(last=False)
+
     def target_tokens(self, sample: TrainingSample) -> torch.Tensor:
         """(N, D) latents of the target picture, cached by (scene, image, size)."""
-        key = (sample.scene, sample.image, *sample.target.size)
-        cached = self._targets.get(key)
-        if cached is None:
-            w, h = sample.canvas.generation_size
-            cached = self.encode_pixels(picture_pixels(sample.target.crop((0, 0, w, h))))[0].detach()
-            self._targets[key] = cached
-            if len(self._targets) > self.max_cached_targets:
-                self._targets.popitem(last=False)
-        return cached
+        key = self._target_key(sample)
+        if key not in self._targets:
+            self._encode_targets([sample])
+        self._targets.move_to_end(key)
+        return self._targets[key]
 
     def encode(self, sample: TrainingSample) -> EncodedSample:
-        cond = self.builder.build(sample.canvas, self.mode)
-        # Locked layers are the target's own pixels and come back whenever that target does: keep their
-        # latents. Unlocked layers (and collages) are jittered afresh every time: drop them, so they do not
-        # push the reusable ones out of the cache.
-        self.builder.discard([g.key for g in cond.plan.groups if not g.locked])
-        x0 = self.target_tokens(sample)
-        tokens = cond.tokens[0] if cond.tokens is not None else x0.new_zeros((0, x0.shape[-1]))
-        return EncodedSample(x0=x0, cond=tokens, cond_ids=cond.ids, grid=sample.canvas.grid, prompt=sample.prompt)
+        return self.encode_many([sample])[0]
+
+    def encode_many(self, samples: list[TrainingSample]) -> list[EncodedSample]:
+        """Encoded samples, their missing layers and targets encoded together."""
+        out: list[EncodedSample] = []
+        for start in range(0, len(samples), self.encode_batch):
+            chunk = samples[start:start + self.encode_batch]
+            self.builder.prepare([s.canvas for s in chunk], self.mode)
+            self._encode_targets(chunk)
+            for sample in chunk:
+                cond = self.builder.build(sample.canvas, self.mode)
+                # Locked layers are the target's own pixels and come back whenever that target does: keep
+                # their latents. Unlocked layers (and collages) are jittered afresh every time: drop them, so
+                # they do not push the reusable ones out of the cache.
+                self.builder.discard([g.key for g in cond.plan.groups if not g.locked])
+                x0 = self.target_tokens(sample)
+                tokens = cond.tokens[0] if cond.tokens is not None else x0.new_zeros((0, x0.shape[-1]))
+                out.append(EncodedSample(x0=x0, cond=tokens, cond_ids=cond.ids, grid=sample.canvas.grid,
+                                         prompt=sample.prompt))
+        return out
+
+
+def target_pixels(sample: TrainingSample) -> torch.Tensor:
+    """(1, 3, h, w) pixels of the target, cropped to the canvas's generation size."""
+    w, h = sample.canvas.generation_size
+    return picture_pixels(sample.target.crop((0, 0, w, h)))
 
 
 def picture_pixels(image: Image.Image) -> torch.Tensor:

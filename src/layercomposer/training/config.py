@@ -42,6 +42,10 @@ class TrainConfig:
     eval_every: int = 250
     eval_samples: int = 16
     export_dtype: str = "float32"
+    sample_pool: int = 0
+    """0: a fresh canvas for every draw. P > 0: draws pick from P canvases, each encoded once and kept."""
+    ema_decay: float = 0.0
+    """0: off. Else an EMA of the trained weights is kept, saved, evaluated and exported."""
     resolution: int | None = None
     """Train at this square size (scenes resized to cover it and centre-cropped); None: their own size."""
     base: str | None = None
@@ -90,6 +94,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-every", type=int, default=d.log_every)
     parser.add_argument("--eval-data", default=None, help="held-out scenes for an eval loss on fixed samples")
     parser.add_argument("--eval-every", type=int, default=d.eval_every)
+    parser.add_argument("--sample-pool", type=int, default=d.sample_pool, metavar="P",
+                        help="draw from P seeded canvases, each VAE-encoded once and kept in memory (0: a fresh "
+                        "canvas every draw); about 0.15 MB per canvas at 256 px")
+    parser.add_argument("--ema-decay", type=float, default=d.ema_decay,
+                        help="keep an exponential moving average of the weights (e.g. 0.999); it is what is "
+                        "evaluated and exported (0: off)")
     parser.add_argument("--export-dtype", default=d.export_dtype, choices=("float32", "float16", "bfloat16"),
                         help="dtype of the exported model's weights")
 
@@ -106,6 +116,10 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig(**values)
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
         raise LayerComposerError("--steps, --batch-size and --grad-accum must be positive")
+    if cfg.sample_pool < 0:
+        raise LayerComposerError(f"--sample-pool: must be 0 or positive, got {cfg.sample_pool}")
+    if not (cfg.ema_decay == 0 or 0 < cfg.ema_decay < 1):
+        raise LayerComposerError(f"--ema-decay: must be 0 (off) or in (0, 1), got {cfg.ema_decay}")
     return cfg
 
 

@@ -16,7 +16,9 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +30,11 @@ from ..errors import LayerComposerError
 from ..flow import sample_logit_normal
 from ..models.attention import use_padded_batch_attention, use_stock_attention
 from ..models.text import TextEmbeddings
-from .batch import Batch, SampleEncoder, collate, flow_loss, guidance_vector
+from .batch import Batch, EncodedSample, SampleEncoder, collate, flow_loss, guidance_vector
 from .config import TrainConfig, add_train_arguments, train_config_from_args
+from .ema import EMA_FILE, EmaWeights, copy_into
 from .metrics import MetricsLog, plot_loss_curve, read_metrics
-from .sampling import sample_training_canvas
+from .sampling import TrainingSample, sample_training_canvas
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 """The attention projections of FLUX's double and single blocks (LoRA targets, as in the paper)."""
@@ -102,39 +105,70 @@ class Trainer:
 
         # 3. Data: scenes, sampled per step from seeded RNGs; VAE latents cached by content.
         self.scenes = SceneSet.load(cfg.data, cfg.resolution)
-        self.encoder = SampleEncoder(pipe._encode_pixels, mode=cfg.mode)  # type: ignore[arg-type]
+        # With a sample pool, whole encoded samples are kept, so the per-layer caches need only be small.
+        small = 4096 if cfg.sample_pool else 65536
+        self.encoder = SampleEncoder(pipe._encode_pixels, mode=cfg.mode,  # type: ignore[arg-type]
+                                     max_cached_layers=small, max_cached_targets=small)
+        self._pool: dict[int, EncodedSample] = {}
         self.eval_batches = self._eval_batches() if cfg.eval_data else []
         self._text_cache: dict[str, TextEmbeddings] = {}
         self.step_index = 0
+        # 4. Exponential moving average of the trained weights (what is evaluated and exported when on).
+        self.ema = EmaWeights(self._trained_modules(), cfg.ema_decay) if cfg.ema_decay > 0 else None
 
     # -- data ----------------------------------------------------------------------------------------------
 
     def make_batch(self, step: int, micro: int) -> Batch:
-        """The micro-batch of (step, micro) for this process: same seeds, same batch, on any restart."""
+        """The micro-batch of (step, micro) for this process: same seeds, same batch, on any restart.
+
+        Without a pool every draw is a fresh canvas. With `--sample-pool P`, draw k picks sample u in [0, P),
+        a canvas made from its own seeds (seed, u) whatever the step, encoded once and kept: each is seen
+        about steps * batch / P times with fresh noise and time, and the VAE work shrinks by that factor.
+        """
         rank = self.accelerator.process_index
-        encoded = []
+        draws: list[tuple[int | TrainingSample, bool]] = []
         for k in range(self.cfg.batch_size):
             rng = np.random.default_rng([self.cfg.seed, step, micro, rank, k])
-            scene = self.scenes.scenes[int(rng.integers(len(self.scenes)))]
-            sample = sample_training_canvas(scene, rng, self.cfg.sampling)
-            if rng.random() < self.cfg.prompt_dropout:
-                sample.canvas.prompt = ""
-            encoded.append(self.encoder.encode(sample))
-        return collate(encoded)
+            if self.cfg.sample_pool:
+                draws.append((int(rng.integers(self.cfg.sample_pool)), bool(rng.random() < self.cfg.prompt_dropout)))
+            else:
+                scene = self.scenes.scenes[int(rng.integers(len(self.scenes)))]
+                sample = sample_training_canvas(scene, rng, self.cfg.sampling)
+                draws.append((sample, bool(rng.random() < self.cfg.prompt_dropout)))
+        if not self.cfg.sample_pool:
+            samples = [sample for sample, _ in draws]  # type: ignore[misc]
+            for sample, drop in draws:
+                if drop:
+                    sample.canvas.prompt = ""  # type: ignore[union-attr]
+            return collate(self.encoder.encode_many(samples))  # type: ignore[arg-type]
+        missing = sorted({u for u, _ in draws if u not in self._pool})  # type: ignore[misc]
+        for u, encoded in zip(missing, self.encoder.encode_many([self.pool_sample(u) for u in missing]),
+                              strict=True):
+            self._pool[u] = encoded
+        return collate([replace(self._pool[u], prompt="") if drop else self._pool[u]  # type: ignore[index]
+                        for u, drop in draws])
+
+    def pool_sample(self, u: int) -> TrainingSample:
+        """Sample u of the pool: a canvas made from the seeds (seed, u) only."""
+        rng = np.random.default_rng([self.cfg.seed, u])
+        scene = self.scenes.scenes[int(rng.integers(len(self.scenes)))]
+        return sample_training_canvas(scene, rng, self.cfg.sampling)
 
     def _eval_batches(self) -> list[Batch]:
         held_out = SceneSet.load(self.cfg.eval_data, self.cfg.resolution)
-        batches, samples = [], []
+        samples = []
         for k in range(self.cfg.eval_samples):
             rng = np.random.default_rng([10_000 + self.cfg.seed, k])
-            scene = held_out.scenes[k % len(held_out)]
-            samples.append(self.encoder.encode(sample_training_canvas(scene, rng, self.cfg.sampling)))
-            if len(samples) == self.cfg.batch_size:
-                batches.append(collate(samples))
-                samples = []
-        if samples:
-            batches.append(collate(samples))
-        return batches
+            samples.append(sample_training_canvas(held_out.scenes[k % len(held_out)], rng, self.cfg.sampling))
+        size = self.cfg.batch_size
+        return [collate(self.encoder.encode_many(samples[i:i + size])) for i in range(0, len(samples), size)]
+
+    def _trained_modules(self) -> dict[str, torch.nn.Module]:
+        """The modules being trained, unwrapped, by the prefix their weights have in the EMA file."""
+        modules = {"transformer": self.accelerator.unwrap_model(self.transformer)}
+        if self.text_model is not None:
+            modules["text_encoder"] = self.accelerator.unwrap_model(self.text_model)
+        return modules
 
     def text(self, prompts: list[str]) -> TextEmbeddings:
         te = self.pipe.text_encoder
@@ -181,6 +215,8 @@ class Trainer:
                 self.optimizer.step()
                 self.schedule.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None and self.accelerator.sync_gradients:
+                    self.ema.update()
             # The logged loss is the mean over processes, so a multi-GPU log reads like a single-GPU one.
             losses.append(self.accelerator.reduce(loss.detach().float(), reduction="mean").item())
         self.step_index += 1
@@ -188,9 +224,10 @@ class Trainer:
 
     @torch.no_grad()
     def eval_loss(self) -> float:
-        """Mean loss on the fixed held-out batches, at fixed noise and times."""
+        """Mean loss on the fixed held-out batches, at fixed noise and times (of the EMA weights when kept)."""
         self.transformer.eval()
-        losses = [self.loss_of(batch, -1, i).item() for i, batch in enumerate(self.eval_batches)]
+        with self.ema.applied() if self.ema is not None else _nothing():
+            losses = [self.loss_of(batch, -1, i).item() for i, batch in enumerate(self.eval_batches)]
         self.transformer.train()
         return float(np.mean(losses))
 
@@ -204,6 +241,9 @@ class Trainer:
         path = self.checkpoint_root / f"step-{self.step_index:07d}"
         self.accelerator.save_state(str(path), safe_serialization=True)
         if self.accelerator.is_main_process:
+            if self.ema is not None:
+                self.ema.save(path / EMA_FILE)
+            # Written last: a folder with trainer_state.json is a complete checkpoint.
             (path / "trainer_state.json").write_text(json.dumps({"step": self.step_index}))
             for old in sorted(self.checkpoint_root.glob("step-*"))[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -215,11 +255,20 @@ class Trainer:
         if not done:
             return 0
         self.accelerator.load_state(str(done[-1]))
+        if self.ema is not None:
+            if not (done[-1] / EMA_FILE).is_file():
+                raise LayerComposerError(f"{done[-1]}: no {EMA_FILE} to resume --ema-decay from (the run was "
+                                         "started without it)")
+            self.ema.load(done[-1] / EMA_FILE)
         self.step_index = json.loads((done[-1] / "trainer_state.json").read_text())["step"]
         return self.step_index
 
     def export(self) -> Path:
-        """The final model: a full pipeline folder, or a LoRA file in diffusers' format."""
+        """The final model (its EMA weights when kept): a full pipeline folder, or a LoRA file."""
+        with self.ema.applied() if self.ema is not None else _nothing():
+            return self._export()
+
+    def _export(self) -> Path:
         transformer = self.accelerator.unwrap_model(self.transformer)
         if self.cfg.lora_rank > 0:
             from diffusers import FluxKontextPipeline
@@ -251,6 +300,11 @@ class Trainer:
             diffusers_logging.set_verbosity(level)
         use_padded_batch_attention(transformer)
         return out
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> Trainer:
@@ -317,11 +371,12 @@ if __name__ == "__main__":
 
 
 def export_checkpoint(run: str | Path, out: str | Path, step: int | None = None, dtype: str = "float16",
-                      name: str | None = None, guidance_scale: float | None = None) -> Path:
+                      name: str | None = None, guidance_scale: float | None = None, ema: bool = True) -> Path:
     """Turn one checkpoint of a full-training run into a pipeline folder (what `--model DIR` loads).
 
-    Any checkpoint, not only the last: pick the step whose samples or eval loss are best. The folder is
-    written beside `out` and renamed into place, so an interrupted export leaves nothing half-written.
+    Any checkpoint, not only the last: pick the step whose samples or eval loss are best. A run with
+    `--ema-decay` exports its averaged weights unless `ema` is False. The folder is written beside `out`
+    and renamed into place, so an interrupted export leaves nothing half-written.
     """
     from diffusers import AutoencoderKL
     from safetensors.torch import load_file
@@ -358,6 +413,13 @@ def export_checkpoint(run: str | Path, out: str | Path, step: int | None = None,
     pipe.transformer.load_state_dict(load_file(ckpt / "model.safetensors"))
     if cfg.get("train_text_encoder"):
         pipe.text_encoder.model.load_state_dict(load_file(ckpt / "model_1.safetensors"))
+    if ema and cfg.get("ema_decay", 0) > 0:
+        if not (ckpt / EMA_FILE).is_file():
+            raise LayerComposerError(f"{ckpt}: no {EMA_FILE} (export the raw weights with --no-ema)")
+        modules = {"transformer": pipe.transformer}
+        if getattr(pipe.text_encoder, "model", None) is not None:
+            modules["text_encoder"] = pipe.text_encoder.model
+        copy_into(modules, load_file(ckpt / EMA_FILE))
     pipe.name = name or out.name
     if guidance_scale is not None:
         pipe.guidance_scale = float(guidance_scale)  # the default `generate` uses
