@@ -84,6 +84,17 @@ def save_tiny_kontext(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def save_tiny_flux_text_to_image(folder: Path, seed: int = 0) -> Path:
+    """A FluxPipeline (FLUX.1 [dev]'s text-to-image layout) with tiny random weights, saved like the real one."""
+    from diffusers import FluxPipeline
+
+    parts = tiny_kontext(seed).components
+    FluxPipeline(**{k: parts[k] for k in ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2",
+                                          "tokenizer_2", "transformer")}).save_pretrained(folder,
+                                                                                         safe_serialization=True)
+    return folder
+
+
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
     "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -260,15 +261,47 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Cut each identity photo's person out and place it on a face of the prior "
                            "image (faces paired left to right; one person aligned by the eyes). Writes a canvas "
                            "(.json with images beside it, or .lcz). Needs the photo extra.")
-    pc.add_argument("--prior", required=True, help="prior image (its faces give the layout)")
+    prior = pc.add_mutually_exclusive_group(required=True)
+    prior.add_argument("--prior", help="prior image (its faces give the layout)")
+    prior.add_argument("--prior-model", metavar="DIR|HUB_ID",
+                       help="make the prior from --prompt with this text-to-image model (a diffusers folder or a hub "
+                       "id in the local cache: FLUX.1, SDXL, SD3, Qwen-Image, ...)")
     pc.add_argument("--identity", action="append", required=True, metavar="PHOTO",
                     help="identity photo, repeatable (one per face of the prior)")
     pc.add_argument("--prompt", default=None, help="the canvas's prompt")
     pc.add_argument("--with-prior", action="store_true", help="also put the prior in as the background layer")
     pc.add_argument("--collage", default=None, help="also write the flattened collage (image file)")
     pc.add_argument("-o", "--output", required=True, help="output canvas (.json or .lcz)")
+    pc.add_argument("--save-prior", default=None, metavar="IMAGE", help="also write the generated prior")
+    add_prior_arguments(pc)
     pc.set_defaults(func=cmd_photos_canvases)
+    pb = ph_sub.add_parser("batch", help="many benchmark canvases from a JSON spec of prompts and identity sets",
+                           description="For each item of SPEC (name, prompt, identity photos, optional prior image "
+                           "and seed), place the identities on the prior's faces; items without a prior get one "
+                           "from --prior-model. Writes OUT/<name>.lcz, OUT/collages/<name>.png and "
+                           "OUT/priors/<name>.png; existing canvases are skipped (--overwrite to redo). The spec "
+                           "format is in layercomposer/photo/batch.py. Needs the photo extra.")
+    pb.add_argument("spec", metavar="SPEC_JSON")
+    pb.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder")
+    pb.add_argument("--prior-model", metavar="DIR|HUB_ID", default=None,
+                    help="text-to-image model for items without a prior image")
+    pb.add_argument("--overwrite", action="store_true", help="redo items whose canvas exists")
+    add_prior_arguments(pb)
+    pb.set_defaults(func=cmd_photos_batch)
     return parser
+
+
+def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("prior generation (with --prior-model)")
+    group.add_argument("--prior-steps", type=int, default=28, help="sampling steps (default 28)")
+    group.add_argument("--prior-guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    group.add_argument("--prior-size", default=None, metavar="WxH",
+                       help="prior size, rounded down to 16 px (default: the spec's, else 1024x1024)")
+    group.add_argument("--seed", type=int, default=0,
+                       help="prior seed (batch: for items without a seed of their own; default 0)")
+    group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    group.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                       help="prior model dtype (auto: bfloat16 on CUDA, float32 on the CPU)")
 
 
 def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
@@ -601,8 +634,18 @@ def cmd_photos_canvases(args: argparse.Namespace) -> int:
     if output.parent != Path() and not output.parent.is_dir():
         raise LayerComposerError(f"--output {args.output}: folder {output.parent} does not exist")
     collage = _check_output(args.collage) if args.collage else None
-    prior = load_photo(args.prior)
-    identities = [load_photo(p) for p in args.identity]
+    save_prior = _check_output(args.save_prior) if args.save_prior else None
+    identities = [load_photo(p) for p in args.identity]  # bad photos fail before a (slow) prior model loads
+    if args.prior_model:
+        if not args.prompt:
+            raise LayerComposerError("--prior-model: the prior is made from --prompt; give one")
+        settings = _prior_settings(args, None, None)
+        prior = _load_prior_model(args)(args.prompt, settings)
+        if save_prior is not None:
+            _save_image(prior, save_prior, metadata={"prompt": args.prompt, "model": args.prior_model,
+                                                     "seed": settings.seed, "steps": settings.steps})
+    else:
+        prior = load_photo(args.prior)
     names = [Path(p).stem or f"identity{i}" for i, p in enumerate(args.identity)]
     if len(set(names)) != len(names):
         names = [f"identity{i}" for i in range(len(names))]
@@ -614,6 +657,58 @@ def cmd_photos_canvases(args: argparse.Namespace) -> int:
     print(f"wrote {output} ({canvas.width}x{canvas.height}, {len(identities)} identities placed; {how})",
           file=sys.stderr)
     return 0
+
+
+def cmd_photos_batch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .photo.batch import load_batch_spec, run_batch
+
+    spec = load_batch_spec(args.spec)
+    settings = _prior_settings(args, spec.width, spec.height)
+    if spec.needs_prior_model and not args.prior_model:
+        missing = [item.name for item in spec.items if item.prior is None]
+        raise LayerComposerError(f"{args.spec}: {len(missing)} item(s) without a prior ({missing[0]}, ...): give "
+                                 "each a prior image, or --prior-model")
+    prior_model = _load_prior_model(args) if spec.needs_prior_model else None
+    bar = tqdm(total=len(spec.items), desc="canvases", unit="canvas", file=sys.stderr, dynamic_ncols=True)
+
+    def on_item(name: str, status: str) -> None:
+        bar.update(1)
+        if status != "written":
+            bar.write(f"layercomposer: {name}: {status}", file=sys.stderr)
+
+    try:
+        report = run_batch(spec, args.output, prior_model, settings, overwrite=args.overwrite, on_item=on_item)
+    finally:
+        bar.close()
+    print(f"wrote {len(report.written)} canvases to {args.output} ({len(report.skipped)} already there, "
+          f"{len(report.failed)} failed)", file=sys.stderr)
+    return EXIT_BAD_INPUT if report.failed else 0
+
+
+def _prior_settings(args: argparse.Namespace, width: int | None, height: int | None) -> Any:
+    from .photo.prior import PriorSettings, fit_prior_size
+
+    if not 1 <= args.prior_steps <= 1000:
+        raise LayerComposerError(f"--prior-steps: must be between 1 and 1000, got {args.prior_steps}")
+    if args.prior_size:
+        match = re.fullmatch(r"(\d+)x(\d+)", args.prior_size)
+        if not match:
+            raise LayerComposerError(f"--prior-size: WIDTHxHEIGHT in pixels, got {args.prior_size!r}")
+        width, height = int(match[1]), int(match[2])
+    w, h = fit_prior_size(width, height)
+    return PriorSettings(steps=args.prior_steps, guidance=args.prior_guidance, seed=args.seed, width=w, height=h)
+
+
+def _load_prior_model(args: argparse.Namespace) -> Any:
+    from diffusers.utils import logging as diffusers_logging
+
+    from .photo.prior import PriorModel
+
+    diffusers_logging.disable_progress_bar()  # loading bars; the sampling bar stays (desc "prior")
+    print(f"layercomposer: loading prior model {args.prior_model}", file=sys.stderr)
+    return PriorModel(args.prior_model, device=args.device, dtype=args.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------
