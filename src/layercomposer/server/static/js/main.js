@@ -233,8 +233,8 @@ const refreshTokens = debounce(async () => {
   }
   try {
     tokenStats = await api.tokens(state.document());
-    $("token-budget").textContent = `tokens: ${tokenStats.total} kept · ${tokenStats.unpruned_total} unpruned · grid ${tokenStats.grid[0]}×${tokenStats.grid[1]}`;
-    $("token-budget").title = `Kept conditioning tokens after transparent latent pruning (${tokenStats.total}); every cell of every layer would be ${tokenStats.unpruned_total}; a flattened collage ${tokenStats.collage_total}.`;
+    $("token-budget").textContent = `tokens: ${tokenStats.total} kept · ${tokenStats.unpruned_total} unpruned`;
+    $("token-budget").title = `Kept conditioning tokens after transparent latent pruning (${tokenStats.total}); every cell of every layer would be ${tokenStats.unpruned_total}; a flattened collage ${tokenStats.collage_total}. Grid ${tokenStats.grid[0]}×${tokenStats.grid[1]} cells of 16 px.`;
   } catch (err) {
     tokenStats = null;
     $("token-budget").textContent = `tokens: ${err.message}`;
