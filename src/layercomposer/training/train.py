@@ -366,9 +366,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 def export_checkpoint(run: str | Path, out: str | Path, step: int | None = None, dtype: str = "float16",
                       name: str | None = None, guidance_scale: float | None = None, ema: bool = True) -> Path:
@@ -439,3 +436,7 @@ def export_checkpoint(run: str | Path, out: str | Path, step: int | None = None,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
