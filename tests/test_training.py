@@ -281,6 +281,18 @@ def test_trainer_writes_metrics_curve_checkpoints_and_model(scenes_dir, tmp_path
     assert at3_pipe.name == "at3" and at3_pipe.guidance_scale == 2.5
     assert main(["train-export", str(run), "--step", "4", "-o", str(tmp_path / "at4")]) == 2
     assert not (tmp_path / "at4").exists()
+    # --vae swaps in another VAE (a fine-tuned decoder): its weights, not the run's.
+    other = LayerComposerPipeline.from_pretrained("tiny-random")
+    with torch.no_grad():
+        for p in other.vae.decoder.parameters():
+            p.add_(0.01)
+    other.vae.save_pretrained(tmp_path / "other-vae")
+    assert main(["train-export", str(run), "--vae", str(tmp_path / "other-vae"), "-o", str(tmp_path / "vae6"),
+                 "--dtype", "float32"]) == 0
+    swapped = load_file(tmp_path / "vae6" / "vae" / "diffusion_pytorch_model.safetensors")
+    mine = other.vae.state_dict()
+    assert all(torch.equal(swapped[k], mine[k]) for k in swapped)
+    assert main(["train-export", str(run), "--vae", str(tmp_path), "-o", str(tmp_path / "vae7")]) == 2
 
 
 def test_resume_gives_the_same_next_loss(scenes_dir, tmp_path):

@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"])
     te.add_argument("--name", default=None, help="model name stored in the folder (default: its folder name)")
     te.add_argument("--guidance", type=float, default=None, help="default guidance scale stored in the folder")
+    te.add_argument("--vae", default=None, metavar="DIR",
+                    help="use this VAE instead of the run's (a decoder fine-tuned with train-vae --decoder-only)")
     te.add_argument("--no-ema", dest="ema", action="store_false",
                     help="export the raw weights of a run trained with --ema-decay (default: the averaged ones)")
     te.set_defaults(func=cmd_train_export)
@@ -430,7 +432,7 @@ def cmd_train_export(args: argparse.Namespace) -> int:
     from .training.train import export_checkpoint
 
     out = export_checkpoint(args.run, args.output, step=args.step, dtype=args.dtype, name=args.name,
-                            guidance_scale=args.guidance, ema=args.ema)
+                            guidance_scale=args.guidance, ema=args.ema, vae=args.vae)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

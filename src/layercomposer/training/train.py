@@ -368,12 +368,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export_checkpoint(run: str | Path, out: str | Path, step: int | None = None, dtype: str = "float16",
-                      name: str | None = None, guidance_scale: float | None = None, ema: bool = True) -> Path:
+                      name: str | None = None, guidance_scale: float | None = None, ema: bool = True,
+                      vae: str | Path | None = None) -> Path:
     """Turn one checkpoint of a full-training run into a pipeline folder (what `--model DIR` loads).
 
     Any checkpoint, not only the last: pick the step whose samples or eval loss are best. A run with
-    `--ema-decay` exports its averaged weights unless `ema` is False. The folder is written beside `out`
-    and renamed into place, so an interrupted export leaves nothing half-written.
+    `--ema-decay` exports its averaged weights unless `ema` is False. `vae` replaces the run's VAE (a
+    decoder fine-tuned afterwards with `train-vae --decoder-only`, whose latent space is the run's). The
+    folder is written beside `out` and renamed into place, so an interrupted export leaves nothing
+    half-written.
     """
     from diffusers import AutoencoderKL
     from safetensors.torch import load_file
@@ -405,8 +408,11 @@ def export_checkpoint(run: str | Path, out: str | Path, step: int | None = None,
     model = cfg["model"]
     pipe = (LayerComposerPipeline.from_config(REGISTRY[model]) if model in REGISTRY
             else LayerComposerPipeline.from_pretrained(model))
-    if cfg.get("vae"):
-        pipe.vae = AutoencoderKL.from_pretrained(cfg["vae"], use_safetensors=True, torch_dtype=torch.float32).eval()
+    vae_dir = vae or cfg.get("vae")
+    if vae_dir:
+        if not (Path(vae_dir) / "config.json").is_file():
+            raise LayerComposerError(f"--vae {vae_dir}: not an AutoencoderKL folder (config.json missing)")
+        pipe.vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True, torch_dtype=torch.float32).eval()
     pipe.transformer.load_state_dict(load_file(ckpt / "model.safetensors"))
     if cfg.get("train_text_encoder"):
         pipe.text_encoder.model.load_state_dict(load_file(ckpt / "model_1.safetensors"))
