@@ -348,6 +348,55 @@ def test_pool_draws_are_seeded_by_sample_not_by_step(scenes_dir, tmp_path):
     assert torch.equal(trainer._pool[0].cond, again._pool[0].cond)
 
 
+def test_pool_cache_is_read_back_by_a_later_run_and_keyed_by_what_the_latents_depend_on(scenes_dir, tmp_path):
+    from layercomposer.training.metrics import read_metrics
+    from layercomposer.training.pool import PoolCache
+    from layercomposer.training.train import train
+
+    cache = tmp_path / "cache"
+    kw = dict(sample_pool=4, batch_size=3, steps=3, save_every=3, pool_cache=str(cache))
+    first = train(_cfg(scenes_dir, tmp_path / "a", **kw), progress=False)
+    assert first.pool_counts == {"encoded": len(first._pool), "loaded": 0}
+    (folder,) = [p for p in cache.iterdir() if p.is_dir()]
+    files = sorted(p.name for p in folder.glob("*.safetensors"))
+    assert files == [f"{u:07d}.safetensors" for u in sorted(first._pool)]
+    assert not list(folder.glob(".*tmp"))  # nothing half-written left behind
+    # Another run over the same data, seed, mode and VAE (another output folder, a larger pool): what is on
+    # disk is read, not encoded, and it is bit for bit what the first run trained on.
+    second = train(_cfg(scenes_dir, tmp_path / "b", **{**kw, "sample_pool": 6}), progress=False)
+    assert second.pool_counts["loaded"] == len(set(second._pool) & set(first._pool)) > 0
+    assert second.pool_counts["encoded"] == len(set(second._pool) - set(first._pool))
+    for u in set(first._pool) & set(second._pool):
+        for name in ("x0", "cond", "cond_ids"):
+            assert torch.equal(getattr(first._pool[u], name), getattr(second._pool[u], name))
+        assert (first._pool[u].grid, first._pool[u].prompt) == (second._pool[u].grid, second._pool[u].prompt)
+    rows = read_metrics(tmp_path / "b" / "metrics.jsonl")
+    assert rows[-1]["pool_loaded"] == second.pool_counts["loaded"]
+    # A run with the same pool size and cache gives the losses of the first exactly (every draw read back).
+    third = train(_cfg(scenes_dir, tmp_path / "c", **kw), progress=False)
+    assert third.pool_counts == {"encoded": 0, "loaded": len(first._pool)}
+    assert [r["loss"] for r in read_metrics(tmp_path / "c" / "metrics.jsonl")] == \
+        [r["loss"] for r in read_metrics(tmp_path / "a" / "metrics.jsonl")]
+    # Another seed (or mode, data, VAE) is another fingerprint: its own folder, nothing shared.
+    other = train(_cfg(scenes_dir, tmp_path / "d", **{**kw, "seed": 6}), progress=False)
+    assert other.pool_counts["loaded"] == 0 and len([p for p in cache.iterdir() if p.is_dir()]) == 2
+    # A damaged file is encoded again and rewritten.
+    u = sorted(first._pool)[0]
+    store = PoolCache.__new__(PoolCache)
+    store.dir = folder
+    store.path(u).write_bytes(b"not a safetensors file")
+    assert store.load(u) is None
+    fourth = train(_cfg(scenes_dir, tmp_path / "e", **kw), progress=False)
+    assert fourth.pool_counts == {"encoded": 1, "loaded": len(first._pool) - 1}
+    assert store.load(u) is not None
+
+
+def test_pool_cache_needs_a_pool():
+    from layercomposer.cli import main
+
+    assert main(["train", "--data", "x", "--output", "y", "--pool-cache", "z"]) == 2
+
+
 def test_lora_save_and_load_round_trip(scenes_dir, tmp_path):
     from diffusers import FluxKontextPipeline
 

@@ -44,6 +44,8 @@ class TrainConfig:
     export_dtype: str = "float32"
     sample_pool: int = 0
     """0: a fresh canvas for every draw. P > 0: draws pick from P canvases, each encoded once and kept."""
+    pool_cache: str | None = None
+    """With a sample pool: also keep the encoded canvases in this folder, read back by resumed or later runs."""
     ema_decay: float = 0.0
     """0: off. Else an EMA of the trained weights is kept, saved, evaluated and exported."""
     resolution: int | None = None
@@ -97,6 +99,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-pool", type=int, default=d.sample_pool, metavar="P",
                         help="draw from P seeded canvases, each VAE-encoded once and kept in memory (0: a fresh "
                         "canvas every draw); about 0.15 MB per canvas at 256 px")
+    parser.add_argument("--pool-cache", default=None, metavar="DIR",
+                        help="with --sample-pool: also write the encoded canvases here (one file each, keyed by "
+                        "data, seed, mode, resolution, sampling and VAE), so a resumed or repeated run reads them "
+                        "instead of encoding again")
     parser.add_argument("--ema-decay", type=float, default=d.ema_decay,
                         help="keep an exponential moving average of the weights (e.g. 0.999); it is what is "
                         "evaluated and exported (0: off)")
@@ -118,6 +124,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise LayerComposerError("--steps, --batch-size and --grad-accum must be positive")
     if cfg.sample_pool < 0:
         raise LayerComposerError(f"--sample-pool: must be 0 or positive, got {cfg.sample_pool}")
+    if cfg.pool_cache and not cfg.sample_pool:
+        raise LayerComposerError("--pool-cache: needs --sample-pool (it stores the pool's encoded canvases)")
     if not (cfg.ema_decay == 0 or 0 < cfg.ema_decay < 1):
         raise LayerComposerError(f"--ema-decay: must be 0 (off) or in (0, 1), got {cfg.ema_decay}")
     return cfg

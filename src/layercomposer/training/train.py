@@ -34,6 +34,7 @@ from .batch import Batch, EncodedSample, SampleEncoder, collate, flow_loss, guid
 from .config import TrainConfig, add_train_arguments, train_config_from_args
 from .ema import EMA_FILE, EmaWeights, copy_into
 from .metrics import MetricsLog, plot_loss_curve, read_metrics
+from .pool import PoolCache, pool_fingerprint
 from .sampling import TrainingSample, sample_training_canvas
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
@@ -110,6 +111,12 @@ class Trainer:
         self.encoder = SampleEncoder(pipe._encode_pixels, mode=cfg.mode,  # type: ignore[arg-type]
                                      max_cached_layers=small, max_cached_targets=small)
         self._pool: dict[int, EncodedSample] = {}
+        self.pool_cache: PoolCache | None = None
+        if cfg.sample_pool and cfg.pool_cache:
+            self.pool_cache = PoolCache(cfg.pool_cache, pool_fingerprint(
+                self.scenes, pipe.vae, seed=cfg.seed, mode=cfg.mode, resolution=cfg.resolution,
+                sampling=cfg.sampling))
+        self.pool_counts = {"encoded": 0, "loaded": 0}
         self.eval_batches = self._eval_batches() if cfg.eval_data else []
         self._text_cache: dict[str, TextEmbeddings] = {}
         self.step_index = 0
@@ -142,9 +149,19 @@ class Trainer:
                     sample.canvas.prompt = ""  # type: ignore[union-attr]
             return collate(self.encoder.encode_many(samples))  # type: ignore[arg-type]
         missing = sorted({u for u, _ in draws if u not in self._pool})  # type: ignore[misc]
+        if self.pool_cache is not None:
+            for u in missing:
+                stored = self.pool_cache.load(u)
+                if stored is not None:
+                    self._pool[u] = stored
+                    self.pool_counts["loaded"] += 1
+            missing = [u for u in missing if u not in self._pool]
         for u, encoded in zip(missing, self.encoder.encode_many([self.pool_sample(u) for u in missing]),
                               strict=True):
             self._pool[u] = encoded
+            self.pool_counts["encoded"] += 1
+            if self.pool_cache is not None:
+                self.pool_cache.save(u, encoded)
         return collate([replace(self._pool[u], prompt="") if drop else self._pool[u]  # type: ignore[index]
                         for u, drop in draws])
 
@@ -335,6 +352,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Trainer:
             record: dict[str, Any] = {"step": step, "loss": float(np.mean(window)),
                                       "lr": trainer.schedule.get_last_lr()[0],
                                       "seconds_per_step": (now - t_last) / len(window)}
+            if cfg.sample_pool:  # how full the pool is, and where its canvases came from (this process)
+                record["pool_encoded"] = trainer.pool_counts["encoded"]
+                record["pool_loaded"] = trainer.pool_counts["loaded"]
             if trainer.eval_batches and (step % cfg.eval_every == 0 or step == cfg.steps):
                 record["eval_loss"] = trainer.eval_loss()
             log.write(record)
