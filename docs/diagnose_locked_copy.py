@@ -4,7 +4,9 @@
     python docs/diagnose_locked_copy.py heldscenes [--model demo] [--canvases 6]
 
 1. Every layer locked (the target is exactly the flattened canvas): PSNR of the model's picture against the
-   flattened canvas, on canvases sampled from the scenes as in training with everything locked.
+   flattened canvas, on canvases sampled from the scenes as in training with everything locked; then per
+   class of 16 px cell (filled by characters, character edges, background only), beside the VAE's own
+   reconstruction of the flattened canvas on the same cells (the ceiling).
 2. Edge cells: the share of kept character tokens whose 16 px cell the character covers completely; the
    others are composites of the character and what is behind it, which a grey-filled layer does not show.
 """
@@ -15,9 +17,10 @@ import argparse
 
 import numpy as np
 
-from layercomposer.canvas import TOKEN_PX
+from layercomposer.canvas import TOKEN_PX, alpha_array
 from layercomposer.data.scenes import SceneSet
 from layercomposer.pipeline import LayerComposerPipeline
+from layercomposer.training.batch import picture_pixels
 from layercomposer.training.sampling import SamplingConfig, sample_training_canvas
 
 
@@ -25,23 +28,47 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(1 / max(float(((a - b) ** 2).mean()), 1e-12)))
 
 
+def _cells(image: np.ndarray) -> np.ndarray:
+    """(H, W) -> (rows, cols, 16, 16) token cells."""
+    h, w = (image.shape[0] // TOKEN_PX) * TOKEN_PX, (image.shape[1] // TOKEN_PX) * TOKEN_PX
+    return image[:h, :w].reshape(h // TOKEN_PX, TOKEN_PX, w // TOKEN_PX, TOKEN_PX).transpose(0, 2, 1, 3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scenes", help="folder of scenes (e.g. held-out ones)")
     parser.add_argument("--model", default="demo")
-    parser.add_argument("--canvases", type=int, default=6)
+    parser.add_argument("--canvases", type=int, default=12)
     args = parser.parse_args()
     scenes = SceneSet.load(args.scenes)
 
     pipe = LayerComposerPipeline.from_pretrained(args.model)
     everything_locked = SamplingConfig(p_lock_none=0.0, p_lock_all=1.0)
+    errors: dict[str, dict[str, list[float]]] = {c: {"model": [], "vae": []} for c in ("filled", "edge", "background")}
     for k in range(args.canvases):
-        sample = sample_training_canvas(scenes.scenes[k % len(scenes)], np.random.default_rng([99, k]),
-                                        everything_locked)
-        flat = np.asarray(sample.canvas.flatten().convert("RGB"), np.float32) / 255
-        out = np.asarray(pipe.generate(sample.canvas, seed=0).image.convert("RGB"), np.float32) / 255
-        subjects = len(sample.canvas.layers) - 1
-        print(f"canvas {k} ({subjects} characters, all locked): {psnr(out, flat):.2f} dB against the flattened canvas")
+        canvas = sample_training_canvas(scenes.scenes[k % len(scenes)], np.random.default_rng([99, k]),
+                                        everything_locked).canvas
+        flat_image = canvas.flatten().convert("RGB")
+        flat = np.asarray(flat_image, np.float32) / 255
+        out = np.asarray(pipe.generate(canvas, seed=0).image.convert("RGB"), np.float32) / 255
+        vae = np.asarray(pipe.decode(pipe._encode_pixels(picture_pixels(flat_image)), canvas.grid), np.float32) / 255
+        print(f"canvas {k} ({len(canvas.layers) - 1} characters, all locked): model {psnr(out, flat):.2f} dB, "
+              f"VAE {psnr(vae, flat):.2f} dB against the flattened canvas")
+        h, w = flat.shape[:2]
+        union = np.zeros((h, w), np.float32)
+        for layer in canvas.layers:
+            if not layer.is_background:
+                union = np.maximum(union, alpha_array(canvas.render_layer(layer, (w, h))))
+        cells = _cells(union)
+        classes = {"filled": (cells >= 0.999).all(axis=(2, 3)), "background": (cells <= 0.001).all(axis=(2, 3))}
+        classes["edge"] = ~classes["filled"] & ~classes["background"]
+        for picture, key in ((out, "model"), (vae, "vae")):
+            per_cell = _cells(((picture - flat) ** 2).mean(axis=2)).mean(axis=(2, 3))
+            for name, where in classes.items():
+                errors[name][key] += per_cell[where].tolist()
+    for name, found in errors.items():
+        model, vae = (10 * np.log10(1 / max(float(np.mean(found[k])), 1e-12)) for k in ("model", "vae"))
+        print(f"{name} cells ({len(found['model'])}): model {model:.2f} dB, VAE {vae:.2f} dB ({model - vae:+.2f})")
 
     kept = interior = 0
     for scene in scenes.scenes:
@@ -49,9 +76,7 @@ def main() -> None:
             for name in scene.subjects:
                 if name not in image.layers:
                     continue
-                alpha = np.asarray(image.layer(name).getchannel("A"), np.float32) / 255
-                h, w = (alpha.shape[0] // TOKEN_PX) * TOKEN_PX, (alpha.shape[1] // TOKEN_PX) * TOKEN_PX
-                cells = alpha[:h, :w].reshape(h // TOKEN_PX, TOKEN_PX, w // TOKEN_PX, TOKEN_PX).transpose(0, 2, 1, 3)
+                cells = _cells(np.asarray(image.layer(name).getchannel("A"), np.float32) / 255)
                 centre = cells[:, :, TOKEN_PX // 2, TOKEN_PX // 2] > 0.5  # the pruning rule
                 full = (cells >= 0.999).all(axis=(2, 3))
                 kept += int(centre.sum())
