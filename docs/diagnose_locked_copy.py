@@ -1,7 +1,7 @@
 """Why locked characters are not copied: the two measurements quoted in docs/TRAINING.md.
 
     layercomposer world generate --out heldscenes --scenes 24 --seed 1 --size 256 --split heldout
-    python docs/diagnose_locked_copy.py heldscenes [--model demo] [--canvases 6]
+    python docs/diagnose_locked_copy.py heldscenes [--model demo] [--canvases 12]
 
 1. Every layer locked (the target is exactly the flattened canvas): PSNR of the model's picture against the
    flattened canvas, on canvases sampled from the scenes as in training with everything locked; then per
@@ -19,13 +19,10 @@ import numpy as np
 
 from layercomposer.canvas import TOKEN_PX, alpha_array
 from layercomposer.data.scenes import SceneSet
+from layercomposer.eval.metrics import psnr, to_float
+from layercomposer.eval.sprites import vae_reconstruction
 from layercomposer.pipeline import LayerComposerPipeline
-from layercomposer.training.batch import picture_pixels
 from layercomposer.training.sampling import SamplingConfig, sample_training_canvas
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(1 / max(float(((a - b) ** 2).mean()), 1e-12)))
 
 
 def _cells(image: np.ndarray) -> np.ndarray:
@@ -49,11 +46,11 @@ def main() -> None:
         canvas = sample_training_canvas(scenes.scenes[k % len(scenes)], np.random.default_rng([99, k]),
                                         everything_locked).canvas
         flat_image = canvas.flatten().convert("RGB")
-        flat = np.asarray(flat_image, np.float32) / 255
-        out = np.asarray(pipe.generate(canvas, seed=0).image.convert("RGB"), np.float32) / 255
-        vae = np.asarray(pipe.decode(pipe._encode_pixels(picture_pixels(flat_image)), canvas.grid), np.float32) / 255
-        print(f"canvas {k} ({len(canvas.layers) - 1} characters, all locked): model {psnr(out, flat):.2f} dB, "
-              f"VAE {psnr(vae, flat):.2f} dB against the flattened canvas")
+        out_image = pipe.generate(canvas, seed=0).image
+        vae_image = vae_reconstruction(pipe, flat_image)
+        print(f"canvas {k} ({len(canvas.layers) - 1} characters, all locked): model {psnr(out_image, flat_image):.2f}"
+              f" dB, VAE {psnr(vae_image, flat_image):.2f} dB against the flattened canvas")
+        flat, out, vae = to_float(flat_image), to_float(out_image), to_float(vae_image)
         h, w = flat.shape[:2]
         union = np.zeros((h, w), np.float32)
         for layer in canvas.layers:

@@ -350,7 +350,6 @@ def test_pool_draws_are_seeded_by_sample_not_by_step(scenes_dir, tmp_path):
 
 def test_pool_cache_is_read_back_by_a_later_run_and_keyed_by_what_the_latents_depend_on(scenes_dir, tmp_path):
     from layercomposer.training.metrics import read_metrics
-    from layercomposer.training.pool import PoolCache
     from layercomposer.training.train import train
 
     cache = tmp_path / "cache"
@@ -360,7 +359,7 @@ def test_pool_cache_is_read_back_by_a_later_run_and_keyed_by_what_the_latents_de
     (folder,) = [p for p in cache.iterdir() if p.is_dir()]
     files = sorted(p.name for p in folder.glob("*.safetensors"))
     assert files == [f"{u:07d}.safetensors" for u in sorted(first._pool)]
-    assert not list(folder.glob(".*tmp"))  # nothing half-written left behind
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["fingerprint.json", *files])  # nothing half-written
     # Another run over the same data, seed, mode and VAE (another output folder, a larger pool): what is on
     # disk is read, not encoded, and it is bit for bit what the first run trained on.
     second = train(_cfg(scenes_dir, tmp_path / "b", **{**kw, "sample_pool": 6}), progress=False)
@@ -382,8 +381,8 @@ def test_pool_cache_is_read_back_by_a_later_run_and_keyed_by_what_the_latents_de
     assert other.pool_counts["loaded"] == 0 and len([p for p in cache.iterdir() if p.is_dir()]) == 2
     # A damaged file is encoded again and rewritten.
     u = sorted(first._pool)[0]
-    store = PoolCache.__new__(PoolCache)
-    store.dir = folder
+    store = first.pool_cache
+    assert store is not None and store.dir == folder
     store.path(u).write_bytes(b"not a safetensors file")
     assert store.load(u) is None
     fourth = train(_cfg(scenes_dir, tmp_path / "e", **kw), progress=False)

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
+from ..canvas import write_atomic
 from ..data.scenes import SceneSet
 from .batch import EncodedSample
 from .sampling import SamplingConfig
@@ -63,7 +63,7 @@ class PoolCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         spelled = self.dir / "fingerprint.json"
         if not spelled.is_file():
-            _write_atomic(spelled, lambda tmp: tmp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True)))
+            write_atomic(spelled, json.dumps(fingerprint, indent=1, sort_keys=True).encode())
 
     def path(self, u: int) -> Path:
         return self.dir / f"{u:07d}.safetensors"
@@ -86,16 +86,4 @@ class PoolCache:
         tensors = {"x0": sample.x0.detach().cpu().contiguous(), "cond": sample.cond.detach().cpu().contiguous(),
                    "cond_ids": sample.cond_ids.detach().cpu().contiguous()}
         meta = {"grid": f"{sample.grid[0]},{sample.grid[1]}", "prompt": sample.prompt}
-        _write_atomic(self.path(u), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self.dir.glob("*.safetensors"))
-
-
-def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        write_atomic(self.path(u), save(tensors, metadata=meta))
