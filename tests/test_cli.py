@@ -78,11 +78,24 @@ def test_generate_writes_a_png_with_its_settings(small_canvas, tmp_path):
     assert "wrote" in out.stderr and "10 condition tokens [layered]" in out.stderr
 
 
+def test_generate_strength_runs_that_share_of_the_steps(small_canvas, tmp_path):
+    target = tmp_path / "out.png"
+    out = run("generate", str(small_canvas), "-o", str(target), "--model", "tiny-random", "--steps", "4",
+              "--strength", "0.5")
+    assert out.returncode == 0, out.stderr
+    settings = json.loads(Image.open(target).info["layercomposer"])
+    assert settings["strength"] == 0.5 and settings["steps"] == 4
+    assert "0/2 [" in out.stderr  # the progress bar counts the two steps run, not the four of the schedule
+    assert "strength 0.5: 2 of 4 steps" in out.stderr
+
+
 BAD = [
     (["tokens", "missing.json"], "missing.json: file not found"),
     (["generate", "{canvas}", "-o", "{out}.txt"], "unknown image extension"),
     (["generate", "{canvas}", "--model", "nope", "-o", "{out}"], "unknown model 'nope'"),
     (["generate", "{canvas}", "--steps", "0", "-o", "{out}"], "--steps: must be between 1 and 1000"),
+    (["generate", "{canvas}", "--strength", "1.5", "-o", "{out}"], "--strength: must be in (0, 1]"),
+    (["generate", "{canvas}", "--strength", "nan", "-o", "{out}"], "--strength: must be in (0, 1]"),
     (["generate", "{bad}", "-o", "{out}"], "layers[0].scale: must be positive"),
     (["generate", "{canvas}", "-o", "{tmp}/no/such/dir/out.png"], "does not exist"),
     (["flatten", "{notimage}", "-o", "{out}"], "not an image"),

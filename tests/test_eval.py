@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from layercomposer.data.scenes import SceneSet
+from layercomposer.errors import LayerComposerError
 from layercomposer.eval.metrics import locate, psnr, ssim
 from layercomposer.eval.sprites import build_cases, canvas_preview, results_markdown, run_eval, visible_masks
 from layercomposer.world import generate_dataset
@@ -90,6 +91,22 @@ def test_eval_end_to_end_on_tiny_models(heldout, tmp_path):
     assert Image.open(tmp_path / "figs" / "sprites_grid.png").width == 5 * 196 + 4
 
 
+def test_eval_with_strength_adds_an_image_to_image_run(heldout, tmp_path):
+    report = run_eval("tiny-random", None, str(heldout), scenes=1, steps=4, guidance=None,
+                      figures=tmp_path / "figs", progress=False, hard_lock=False, strength=0.5)
+    case, summary = report["cases"][0], report["summary"]
+    assert set(case["psnr_image"]) == {"layered", "strength", "unpruned", "vae", "paste"}
+    assert all("strength" in r for r in case["locked_regions"] + case["unlocked_regions"])
+    assert report["settings"]["strength"] == 0.5 and summary["image"]["strength"]["psnr"] is not None
+    text = results_markdown(report, "layercomposer eval sprites ...", "a test")
+    assert "`--strength 0.5`: 2 of 4 steps" in text and "| layered model, strength 0.5 |" in text
+    # canvas, pasted, layered, strength, target
+    assert Image.open(tmp_path / "figs" / "sprites_grid.png").width == 5 * 196 + 4
+    with pytest.raises(LayerComposerError, match="strength"):
+        run_eval("tiny-random", None, str(heldout), scenes=1, steps=4, guidance=None, figures=None,
+                 progress=False, strength=1.5)
+
+
 def test_canvas_preview_marks_locks(heldout):
     case = build_cases(SceneSet.load(heldout), 1)[0]
     px = np.asarray(canvas_preview(case.sample.canvas))
@@ -110,3 +127,6 @@ def test_examples_figure(tmp_path):
     n = len(list(root.glob("*.json")))
     # 3 columns of 224 px cells (+ 4 px gaps) and one row per example under a 22 px header.
     assert grid.size == (3 * 228 + 4, 22 + n * 228 + 4)
+    # with a strength: one more column, the layered model image-to-image
+    out = examples_figure("tiny-random", root, tmp_path / "examples-s.png", steps=2, strength=0.5)
+    assert Image.open(out).size == (4 * 228 + 4, 22 + n * 228 + 4)

@@ -213,3 +213,53 @@ def test_hard_lock_holds_the_locked_cells_to_their_latents(tiny_pipe, make_canva
     free = tiny_pipe.generate(canvas, num_inference_steps=3, seed=1)
     assert free.hard_locked is None and not free.settings()["hard_lock"] and result.settings()["hard_lock"]
     assert not torch.equal(seen[-1][~held], x0[~held])
+
+
+@pytest.mark.parametrize(("steps", "strength", "skipped"), [(28, 1.0, 0), (28, 0.5, 14), (28, 0.6, 11), (10, 0.01, 9),
+                                                             (4, 0.25, 3), (1, 0.3, 0)])
+def test_skipped_steps_by_hand(steps, strength, skipped):
+    from layercomposer.pipeline import skipped_steps
+
+    # runs round(steps * strength) steps, at least one: 0.6 * 28 = 16.8 -> 17 run, 11 skipped
+    assert skipped_steps(steps, strength) == skipped
+
+
+@pytest.mark.parametrize("strength", [0.0, -0.5, 1.01, float("nan"), True, "0.5"])
+def test_bad_strength_is_refused(tiny_pipe, strength):
+    canvas = six_layer_canvas(2)
+    with pytest.raises(LayerComposerError, match="strength: must be a number in"):
+        tiny_pipe.generate(canvas, num_inference_steps=2, strength=strength)
+
+
+def test_strength_starts_from_the_noised_collage(tiny_pipe):
+    from layercomposer.flow import FlowSchedule
+
+    canvas = six_layer_canvas(3)
+    seen, inputs = [], []
+    hook = tiny_pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: inputs.append((kwargs["hidden_states"][0], kwargs["timestep"][0])),
+        with_kwargs=True)
+    try:
+        result = tiny_pipe.generate(canvas, num_inference_steps=4, seed=3, strength=0.25,
+                                    callback=lambda e: seen.append(e.sigma))
+    finally:
+        hook.remove()
+    assert result.strength == 0.25 and result.settings()["strength"] == 0.25
+    n = 6 * 8
+    sigmas = FlowSchedule().sigmas(4, n)  # the tiny model's schedule is the default one
+    sigma = float(sigmas[3])  # four steps, one run: from the schedule's last sigma down to 0
+    assert len(inputs) == 1 and seen == [0.0]
+    assert float(inputs[0][1]) == pytest.approx(sigma)
+    noise = torch.randn((1, n, tiny_pipe.transformer.config.in_channels), generator=torch.Generator().manual_seed(3))
+    drawn = tiny_pipe.condition(canvas, "collage").tokens
+    expected = (1 - sigma) * drawn[0] + sigma * noise[0]
+    torch.testing.assert_close(inputs[0][0][:n], expected, rtol=1e-5, atol=1e-5)
+    # strength 1 is the method itself: the same picture as without the argument, bit for bit
+    plain = tiny_pipe.generate(canvas, num_inference_steps=2, seed=3)
+    full = tiny_pipe.generate(canvas, num_inference_steps=2, seed=3, strength=1.0)
+    assert np.array_equal(np.asarray(plain.image), np.asarray(full.image))
+
+
+def test_strength_needs_something_to_start_from(tiny_pipe):
+    with pytest.raises(LayerComposerError, match="needs a visible layer"):
+        tiny_pipe.generate(Canvas(64, 64), num_inference_steps=4, strength=0.5)

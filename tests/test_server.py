@@ -291,6 +291,17 @@ def test_hard_lock_setting_reaches_the_sampler(client):
     assert wait_done(client, r.json()["id"])["stats"]["hard_locked"] is None
 
 
+def test_strength_setting_reaches_the_sampler(client):
+    info = upload(client, png(32, 32))
+    r = client.post("/api/jobs", json={"canvas": canvas_doc(info["id"]), "settings": {"steps": 4, "strength": 0.5}})
+    job = wait_done(client, r.json()["id"])
+    assert job["status"] == "done" and job["settings"]["strength"] == 0.5
+    assert job["total"] == 2  # half of the four steps run
+    for bad in (0, 1.5, "x"):
+        r = client.post("/api/jobs", json={"canvas": canvas_doc(info["id"]), "settings": {"strength": bad}})
+        assert r.status_code == 422
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Cut-out (the editor's "Cut out" button) on scikit-image's astronaut photo (512x512 RGB, no download)
 

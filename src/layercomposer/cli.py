@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--hard-lock", action="store_true",
                      help="also hold the latent pixels showing only locked layers to their latents while sampling "
                      "(inpainting-style; exact locked pixels up to the VAE)")
+    gen.add_argument("--strength", type=float, default=1.0,
+                     help="image-to-image: start from the flattened canvas and run this share of the steps "
+                     "(0-1; lower keeps the canvas as drawn, 1 = from noise, the default)")
     gen.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     gen.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                      help="LoRA file (diffusers/peft or kohya format), repeatable; scale defaults to 1")
@@ -168,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--machine", default="this machine", help="machine description for the results page")
     es.add_argument("--no-hard-lock", dest="hard_lock", action="store_false",
                     help="skip the extra run of the layered model with --hard-lock")
+    es.add_argument("--strength", type=float, default=None,
+                    help="also run the layered model image-to-image from the flattened canvas at this strength")
     es.set_defaults(func=cmd_eval_sprites)
     ex = ev_sub.add_parser("examples", help="figure of the example canvases rendered by a model")
     ex.add_argument("--model", default=None, help="layered model (default: demo)")
@@ -175,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--examples", default="examples", help="folder of example canvases")
     ex.add_argument("--out", default="docs/figures/examples.png")
     ex.add_argument("--steps", type=int, default=28)
+    ex.add_argument("--strength", type=float, default=None,
+                    help="also render with the layered model image-to-image at this strength")
     ex.set_defaults(func=cmd_eval_examples)
     ep = ev_sub.add_parser("photos", help="the paper's Table 1 on benchmark canvases, for several engines",
                            description="Run each engine on each canvas of --canvases and score the outputs: "
@@ -340,6 +347,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"layercomposer: note: {canvas.size_note()}", file=sys.stderr)
     if args.steps is not None and not 1 <= args.steps <= 1000:
         raise LayerComposerError(f"--steps: must be between 1 and 1000, got {args.steps}")
+    if not 0.0 < args.strength <= 1.0:  # NaN fails too
+        raise LayerComposerError(f"--strength: must be in (0, 1], got {args.strength}")
+    if args.strength < 1.0 and not canvas.visible_layers():
+        raise LayerComposerError("--strength: below 1 needs a visible layer to start from")
     from .models.flux import parse_lora_spec
 
     for spec in args.lora:
@@ -352,18 +363,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    bar = tqdm(total=args.steps or pipe.default_steps, desc="sampling", unit="step", file=sys.stderr,
+    from .pipeline import skipped_steps
+
+    steps = args.steps or pipe.default_steps
+    bar = tqdm(total=steps - skipped_steps(steps, args.strength), desc="sampling", unit="step", file=sys.stderr,
                dynamic_ncols=True, leave=False)
     try:
         result = pipe.generate(canvas, prompt=args.prompt, num_inference_steps=args.steps,
                                guidance_scale=args.guidance, seed=args.seed, mode=args.mode,
-                               callback=lambda event: bar.update(1), hard_lock=args.hard_lock)
+                               callback=lambda event: bar.update(1), hard_lock=args.hard_lock,
+                               strength=args.strength)
     finally:
         bar.close()
     settings = {**result.settings(), "model": args.model or default_model(), "canvas": str(args.canvas)}
     _save_image(result.image, output, metadata=settings)
     plan = result.plan
     held = "" if result.hard_locked is None else f", {result.hard_locked} latent pixels (8 px) hard-locked"
+    if result.strength < 1.0:
+        held += f", strength {result.strength:g}: {steps - skipped_steps(steps, result.strength)} of {steps} steps"
     print(
         f"wrote {output} ({result.image.width}x{result.image.height}, {plan.total} condition tokens "
         f"[{plan.mode}] + {plan.noisy} noisy{held}; load {load_s:.1f}s, condition {result.seconds['condition']:.1f}s, "
@@ -538,7 +555,7 @@ def cmd_eval_examples(args: argparse.Namespace) -> int:
     from .eval.sprites import examples_figure
 
     out = examples_figure(args.model or default_model(), Path(args.examples), Path(args.out), args.steps,
-                          collage_model=args.collage_model)
+                          collage_model=args.collage_model, strength=args.strength)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -549,7 +566,8 @@ def cmd_eval_sprites(args: argparse.Namespace) -> int:
     if not 1 <= args.scenes <= 10_000:
         raise LayerComposerError(f"--scenes: must be between 1 and 10000, got {args.scenes}")
     report = run_eval(args.model or default_model(), args.collage_model, args.data, args.scenes, args.steps,
-                      args.guidance, Path(args.figures) if args.figures else None, hard_lock=args.hard_lock)
+                      args.guidance, Path(args.figures) if args.figures else None, hard_lock=args.hard_lock,
+                      strength=args.strength)
     if args.json:
         save_report(report, Path(args.json))
     if args.results:

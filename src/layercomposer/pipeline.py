@@ -26,7 +26,7 @@ from .conditioning import (
     grid_ids,
 )
 from .errors import LayerComposerError, ModelError
-from .flow import FlowSchedule
+from .flow import FlowSchedule, add_noise
 from .models.flux import FLUX_PIPELINES, FluxTextEncoder, load_flux_folder, load_loras
 from .models.registry import ModelConfig, build_random, resolve_model
 from .models.text import ClipTextEncoder, TextEmbeddings, TextEncoder
@@ -46,6 +46,14 @@ def unpack_latents(tokens: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return rearrange(tokens, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=rows, w=cols, ph=2, pw=2)
 
 
+def skipped_steps(steps: int, strength: float) -> int:
+    """Steps of a `steps`-step schedule that image-to-image at `strength` leaves out (diffusers' rule:
+    it runs `round(steps * strength)`, at least one)."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+        raise LayerComposerError(f"strength: must be a number in (0, 1], got {strength!r}")
+    return steps - max(1, min(steps, round(steps * float(strength))))
+
+
 @dataclass
 class GenerationResult:
     """A picture and how it was made."""
@@ -60,12 +68,14 @@ class GenerationResult:
     seconds: dict[str, float] = field(default_factory=dict)
     hard_locked: int | None = None
     """With `hard_lock`: how many latent pixels (8x8 px) were held to the locked layers; None without."""
+    strength: float = 1.0
+    """How much of the schedule was run from the flattened canvas (1: from pure noise, the method)."""
 
     def settings(self) -> dict[str, Any]:
         """The settings to reproduce this picture (JSON)."""
         return {"prompt": self.prompt, "seed": self.seed, "steps": self.steps,
                 "guidance_scale": self.guidance_scale, "mode": self.mode,
-                "hard_lock": self.hard_locked is not None}
+                "hard_lock": self.hard_locked is not None, "strength": self.strength}
 
 
 class LayerComposerPipeline:
@@ -288,6 +298,7 @@ class LayerComposerPipeline:
         mode: Mode = "layered",
         callback: StepCallback | None = None,
         hard_lock: bool = False,
+        strength: float = 1.0,
     ) -> GenerationResult:
         """Render `canvas`; `prompt` overrides the canvas's own. Same seed, same picture (bit for bit on CPU).
 
@@ -295,6 +306,12 @@ class LayerComposerPipeline:
         layers' latents while sampling (inpainting-style; see `conditioning.hard_lock_target`): fidelity
         there up to the VAE, whatever the model's own; latent pixels with any unlocked or soft-edge
         content stay the model's.
+
+        `strength < 1` starts from the flattened canvas instead of pure noise (image-to-image, as
+        diffusers' `strength` or ComfyUI's `denoise`): its latents are noised to the schedule's sigma
+        after the first `steps - round(steps * strength)` steps, and only the remaining steps run. Lower
+        keeps more of the canvas as drawn (placement, pose, colours; transparent areas are the fill
+        grey), higher lets the model redraw more; 1 (the default) is the method itself.
         """
         canvas.validate()
         if mode not in MODES:
@@ -303,6 +320,7 @@ class LayerComposerPipeline:
         if not 1 <= steps <= 1000:
             raise LayerComposerError(f"steps: must be between 1 and 1000, got {steps}")
         guidance = self.guidance_scale if guidance_scale is None else float(guidance_scale)
+        skipped = skipped_steps(steps, strength)
         text = prompt if prompt is not None else (canvas.prompt or "")
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -357,14 +375,21 @@ class LayerComposerPipeline:
                 hard_locked = int(held.sum())
             seconds["hard_lock"] = time.perf_counter() - t1
 
-        sigmas = self.schedule.sigmas(steps, n_noisy)
-        latents = sample_euler(velocity, noise, sigmas, callback, known)
+        sigmas = self.schedule.sigmas(steps, n_noisy)[skipped:]
+        start = noise
+        if skipped:
+            if not canvas.visible_layers():
+                raise LayerComposerError("strength: below 1 needs a visible layer to start from")
+            drawn = self.condition(canvas, "collage").tokens.to(device, dtype)  # the flattened canvas, cached
+            start = add_noise(drawn, noise, sigmas[:1])
+        latents = sample_euler(velocity, start, sigmas, callback, known)
         t2 = time.perf_counter()
         seconds["sample"] = t2 - t1
         image = self.decode(latents, (rows, cols))
         seconds["decode"] = time.perf_counter() - t2
         return GenerationResult(image=image, prompt=text, seed=int(seed), steps=steps, guidance_scale=guidance,
-                                mode=mode, plan=cond.plan, seconds=seconds, hard_locked=hard_locked)
+                                mode=mode, plan=cond.plan, seconds=seconds, hard_locked=hard_locked,
+                                strength=float(strength))
 
     def __call__(
         self,
@@ -376,10 +401,11 @@ class LayerComposerPipeline:
         mode: Mode = "layered",
         callback: StepCallback | None = None,
         hard_lock: bool = False,
+        strength: float = 1.0,
     ) -> Image.Image:
         """Render `canvas` and return the picture (see `generate` for the details)."""
         return self.generate(canvas, prompt, num_inference_steps, guidance_scale, seed, mode, callback,
-                             hard_lock).image
+                             hard_lock, strength).image
 
     def preview(self, tokens: torch.Tensor, grid: tuple[int, int]) -> Image.Image:
         """Decode intermediate latents (e.g. a StepEvent's `denoised`) for a progress preview."""

@@ -139,9 +139,9 @@ def paste(canvas: Canvas) -> Image.Image:
 
 
 def _generate(pipe, canvas: Canvas, mode: str, steps: int, seed: int, guidance: float | None,
-              hard_lock: bool = False) -> tuple[Any, float]:
+              hard_lock: bool = False, strength: float = 1.0) -> tuple[Any, float]:
     result = pipe.generate(canvas, num_inference_steps=steps, seed=seed, mode=mode, guidance_scale=guidance,
-                           hard_lock=hard_lock)
+                           hard_lock=hard_lock, strength=strength)
     return result, result.seconds["sample"] / steps if steps else math.nan
 
 
@@ -158,8 +158,9 @@ def vae_reconstruction(pipe, image: Image.Image) -> Image.Image:
 
 
 def evaluate_case(case: Case, pipe, collage_pipe, steps: int, guidance: float | None,
-                  hard_lock: bool = True) -> tuple[dict, dict]:
-    """Metrics of one case, and the pictures made for it (`hard_lock`: also the layered model hard-locked)."""
+                  hard_lock: bool = True, strength: float | None = None) -> tuple[dict, dict]:
+    """Metrics of one case, and the pictures made for it (`hard_lock`: also the layered model hard-locked;
+    `strength`: also the layered model image-to-image from the flattened canvas at that strength)."""
     from ..world import classify_background, classify_lighting
 
     sample, seed = case.sample, 1000 + case.index
@@ -173,7 +174,10 @@ def evaluate_case(case: Case, pipe, collage_pipe, steps: int, guidance: float | 
         pics["collage"] = _generate(collage_pipe, sample.canvas, "collage", steps, seed, guidance)[0].image
     if hard_lock:
         pics["hard_lock"] = _generate(pipe, sample.canvas, "layered", steps, seed, guidance, hard_lock=True)[0].image
-    engines = [k for k in ("layered", "hard_lock", "unpruned", "collage", "vae", "paste") if k in pics]
+    if strength is not None:
+        pics["strength"] = _generate(pipe, sample.canvas, "layered", steps, seed, guidance,
+                                     strength=strength)[0].image
+    engines = [k for k in ("layered", "hard_lock", "strength", "unpruned", "collage", "vae", "paste") if k in pics]
     record: dict[str, Any] = {
         "case": case.index, "scene": case.scene.id, "image": sample.image, "background": case.background,
         "locked": sample.locked, "unlocked": sample.unlocked, "dropped": sample.dropped,
@@ -184,8 +188,8 @@ def evaluate_case(case: Case, pipe, collage_pipe, steps: int, guidance: float | 
     }
     record["locked_regions"] = [
         {"name": name, "pixels": int(case.visible[name].sum()),
-         **{k: psnr(pics[k], target, case.visible[name]) for k in ("layered", "hard_lock", "unpruned", "vae")
-            if k in pics}}
+         **{k: psnr(pics[k], target, case.visible[name])
+            for k in ("layered", "hard_lock", "strength", "unpruned", "vae") if k in pics}}
         for name in sample.locked if case.visible[name].any()
     ]
     scene_image = case.scene.images[sample.image]
@@ -216,7 +220,7 @@ def evaluate_case(case: Case, pipe, collage_pipe, steps: int, guidance: float | 
         truth_light = scene_image.extra.get("lighting")
         record["prompt"] = {k: {"background": classify_background(pics[k]) == truth_bg,
                                 "lighting": classify_lighting(pics[k]) == truth_light}
-                            for k in ("layered", "collage") if k in pics}
+                            for k in ("layered", "strength", "collage") if k in pics}
     # A character can be flipped to unlocked only if another picture of the scene shows it.
     subjects = [n for n in scene_image.subjects if case.visible[n].any()
                 and any(n in im.layers and im.index != sample.image for im in case.scene.images)]
@@ -257,21 +261,24 @@ def summarise(records: list[dict]) -> dict[str, Any]:
         "locked": {
             "regions": len(locked), "psnr": _mean([r["layered"] for r in locked]),
             "psnr_hard_lock": _mean([r.get("hard_lock") for r in locked]),
+            "psnr_strength": _mean([r.get("strength") for r in locked]),
             "vae_ceiling": _mean([r["vae"] for r in locked]),
             "subjects_only": {"regions": len(locked_subjects), "psnr": _mean([r["layered"] for r in locked_subjects]),
                               "psnr_hard_lock": _mean([r.get("hard_lock") for r in locked_subjects]),
+                              "psnr_strength": _mean([r.get("strength") for r in locked_subjects]),
                               "vae_ceiling": _mean([r["vae"] for r in locked_subjects])},
         },
         "unlocked": {
             "regions": len(unlocked_subjects),
-            **{k: _mean([r.get(k) for r in unlocked_subjects]) for k in ("layered", "hard_lock", "collage", "paste")},
+            **{k: _mean([r.get(k) for r in unlocked_subjects])
+               for k in ("layered", "hard_lock", "strength", "collage", "paste")},
             "layout_error_px": _mean([r.get("layout_error_px") for r in unlocked_subjects]),
             "layout_error_px_collage": _mean([r.get("layout_error_px_collage") for r in unlocked_subjects]),
         },
         "image": {k: {"psnr": _mean([rec["psnr_image"].get(k) for rec in records]),
                       "ssim": _mean([rec["ssim_image"].get(k) for rec in records])} for k in engines},
         "occlusion": {"cases": len(occl),
-                      **{k: _mean([o.get(k) for o in occl]) for k in ("layered", "hard_lock", "collage")}},
+                      **{k: _mean([o.get(k) for o in occl]) for k in ("layered", "hard_lock", "strength", "collage")}},
         "lock_flip": {"cases": len(flips), "locked": _mean([f["locked"] for f in flips]),
                       "unlocked": _mean([f["unlocked"] for f in flips])},
         "pruning": {
@@ -288,7 +295,7 @@ def summarise(records: list[dict]) -> dict[str, Any]:
                                         if k in rec["prompt"]]),
                    "lighting": _mean([float(rec["prompt"][k]["lighting"]) for rec in prompt_cases
                                       if k in rec["prompt"]])}
-               for k in ("layered", "collage")},
+               for k in ("layered", "strength", "collage")},
         },
     }
     return summary
@@ -342,6 +349,7 @@ def figure_grid(rows: list[list[Image.Image]], header: list[str], out: Path, cel
 def run_eval(
     model: str, collage_model: str | None, data: str | None, scenes: int, steps: int, guidance: float | None,
     figures: Path | None, figure_rows: int = 6, progress: bool = True, hard_lock: bool = True,
+    strength: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate on `scenes` held-out cases; returns {"summary", "cases", "settings"}."""
     import sys
@@ -349,9 +357,11 @@ def run_eval(
 
     from tqdm import tqdm
 
-    from ..pipeline import LayerComposerPipeline
+    from ..pipeline import LayerComposerPipeline, skipped_steps
     from ..world import generate_dataset
 
+    if strength is not None:
+        skipped_steps(steps, strength)  # a bad strength fails before the models load
     pipe = LayerComposerPipeline.from_pretrained(model)
     collage_pipe = LayerComposerPipeline.from_pretrained(collage_model) if collage_model else None
     with tempfile.TemporaryDirectory() as tmp:
@@ -363,21 +373,23 @@ def run_eval(
         cases = build_cases(SceneSet.load(root), scenes)
         records, fig_rows, occl_rows = [], [], []
         for case in tqdm(cases, desc="eval", unit="case", file=sys.stderr, disable=not progress):
-            record, pics = evaluate_case(case, pipe, collage_pipe, steps, guidance, hard_lock)
+            record, pics = evaluate_case(case, pipe, collage_pipe, steps, guidance, hard_lock, strength)
             records.append(record)
             row = [canvas_preview(case.sample.canvas), pics.get("collage", pics["paste"]), pics["layered"],
-                   *([pics["hard_lock"]] if hard_lock else []), pics["target"]]
+                   *([pics["hard_lock"]] if hard_lock else []), *([pics["strength"]] if strength else []),
+                   pics["target"]]
             if len(fig_rows) < figure_rows:
                 fig_rows.append(row)
             if "revealed" in record and len(occl_rows) < figure_rows:
                 occl_rows.append(row)
     settings = {"model": model, "collage_model": collage_model, "scenes": scenes, "steps": steps,
                 "guidance": guidance if guidance is not None else pipe.guidance_scale, "eval_seed": EVAL_SEED,
-                "hard_lock": hard_lock}
+                "hard_lock": hard_lock, "strength": strength}
     report = {"settings": settings, "summary": summarise(records), "cases": records}
     if figures is not None:
         second = "collage model" if collage_pipe is not None else "pasted"
-        header = ["canvas (green locked)", second, "layered model", *(["+ hard lock"] if hard_lock else []), "target"]
+        header = ["canvas (green locked)", second, "layered model", *(["+ hard lock"] if hard_lock else []),
+                  *([f"strength {strength:g}"] if strength else []), "target"]
         report["figures"] = [
             str(figure_grid(fig_rows, header, figures / "sprites_grid.png")),
             str(figure_grid(occl_rows, header, figures / "sprites_occlusion.png")) if occl_rows else None,
@@ -444,6 +456,13 @@ def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
         f"sampling; an inference option, not the model): locked regions {_f(lk.get('psnr_hard_lock'))}, "
         f"locked characters {_f(lk['subjects_only'].get('psnr_hard_lock'))}, "
         f"unlocked characters {_f(ul.get('hard_lock'))}, occlusion subset {_f(oc.get('hard_lock'))}.",
+        *([f"- Image-to-image from the flattened canvas (`--strength {st['strength']:g}`: "
+           f"{max(1, round(st['steps'] * st['strength']))} of {st['steps']} steps run from the noised canvas; "
+           f"an inference option, not the model): locked regions {_f(lk.get('psnr_strength'))}, unlocked characters "
+           f"{_f(ul.get('strength'))}, occlusion subset {_f(oc.get('strength'))}, left-out background's scene "
+           f"recognised {_f(_pct(s['prompt'].get('strength', {}).get('background')), '%', 0)}, lighting "
+           f"{_f(_pct(s['prompt'].get('strength', {}).get('lighting')), '%', 0)}."]
+          if st.get("strength") else []),
         f"- Same character locked vs unlocked (everything else equal, {fl['cases']} cases): "
         f"{_f(fl['locked'])} locked, {_f(fl['unlocked'])} unlocked.",
         f"- Layout: unlocked characters drawn {_f(ul['layout_error_px'], ' px', 1)} from where the target has them "
@@ -463,6 +482,7 @@ def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
         "|---|---|---|",
     ]
     names = {"layered": "layered model", "hard_lock": "layered model, hard lock",
+             "strength": f"layered model, strength {st.get('strength') or 1:g}",
              "unpruned": "layered model, unpruned", "collage": "collage model",
              "vae": "VAE reconstruction (ceiling)", "paste": "naive pasting"}
     for key, label in names.items():
@@ -471,6 +491,8 @@ def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
     figures = [f for f in report.get("figures", []) if f]
     if figures:
         hard = " | layered model with `--hard-lock`" if st.get("hard_lock") else ""
+        if st.get("strength"):
+            hard += f" | layered model with `--strength {st['strength']:g}`"
         lines += ["", "## Figures", "", "Columns: canvas (locked layers outlined green, unlocked orange) | "
                   f"collage model | layered model{hard} | target."]
         for fig in figures:
@@ -487,8 +509,9 @@ def _pct(value: float | None) -> float | None:
 
 
 def examples_figure(model: str, examples: Path, out: Path, steps: int = 28, seed: int = 0,
-                    collage_model: str | None = None) -> Path:
-    """A grid of the example canvases: canvas | (collage model) | layered model | target (when known)."""
+                    collage_model: str | None = None, strength: float | None = None) -> Path:
+    """A grid of the example canvases: canvas | (collage model) | layered model | (layered model at
+    `strength`, image-to-image) | target (when known)."""
     from ..canvas import load_canvas
     from ..pipeline import LayerComposerPipeline
 
@@ -501,8 +524,11 @@ def examples_figure(model: str, examples: Path, out: Path, steps: int = 28, seed
         if collage_pipe is not None:
             row.append(collage_pipe(canvas, num_inference_steps=steps, seed=seed, mode="collage"))
         row.append(pipe(canvas, num_inference_steps=steps, seed=seed))
+        if strength is not None:
+            row.append(pipe(canvas, num_inference_steps=steps, seed=seed, strength=strength))
         target = examples / "targets" / f"{path.stem}.png"
         row.append(Image.open(target).convert("RGB") if target.is_file() else Image.new("RGB", row[0].size, "white"))
         rows.append(row)
-    header = ["canvas (green locked)", *(["collage model"] if collage_pipe else []), "layered model", "target"]
+    header = ["canvas (green locked)", *(["collage model"] if collage_pipe else []), "layered model",
+              *([f"strength {strength:g}"] if strength is not None else []), "target"]
     return figure_grid(rows, header, out, cell=224)

@@ -101,6 +101,8 @@ class SettingsIn(BaseModel):
     instruction: str | None = Field(default=None, max_length=2000)
     hard_lock: bool = False
     """Hold the cells that show locked layers only to their latents (model modes; ignored by refine)."""
+    strength: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Image-to-image from the flattened canvas: the share of the steps run (model modes; 1 = from noise)."""
 
 
 class CanvasJobIn(BaseModel):

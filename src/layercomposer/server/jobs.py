@@ -48,6 +48,8 @@ class JobSettings:
     """Refine only: the editing instruction (default: make the collage one natural picture)."""
     hard_lock: bool = False
     """Hold the cells that show locked layers only to their latents while sampling."""
+    strength: float = 1.0
+    """Image-to-image from the flattened canvas: the share of the steps run (1 = from noise)."""
 
 
 @dataclass
@@ -203,10 +205,14 @@ class JobManager:
                 job.error = f"the model could not be loaded ({self._pipe_error})"
                 self._finish(job, "failed")
             return
+        from ..pipeline import skipped_steps
+
         pipe, s = self._pipe, job.settings
         with self._lock:
             job.status = "running"
-            job.total = s.steps or pipe.default_steps
+            steps = s.steps or pipe.default_steps
+            # image-to-image runs only its share of the steps; refine ignores strength
+            job.total = steps if s.mode == "refine" else steps - skipped_steps(steps, s.strength)
             self._emit(job, "started", total=job.total)
         grid = job.canvas.grid
 
@@ -227,7 +233,7 @@ class JobManager:
             else:
                 result = pipe.generate(job.canvas, prompt=s.prompt, num_inference_steps=s.steps,
                                        guidance_scale=s.guidance, seed=s.seed, mode=s.mode, callback=progress,
-                                       hard_lock=s.hard_lock)
+                                       hard_lock=s.hard_lock, strength=s.strength)
                 image = result.image
                 stats = {"tokens": result.plan.total, "noisy": result.plan.noisy, "mode": result.plan.mode,
                          "hard_locked": result.hard_locked,

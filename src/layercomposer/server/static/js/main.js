@@ -259,11 +259,14 @@ function readSettings() {
   s.mode = $("mode").value;
   s.instruction = $("instruction").value.trim() || null;
   s.hardLock = $("hard-lock").checked;
+  const strength = Number($("strength").value);
+  s.strength = Number.isFinite(strength) && strength > 0 ? Math.min(1, strength) : 1;
   $("instruction-row").hidden = s.mode !== "refine";
   state.canvas.prompt = $("prompt").value;
   state.save();
   return { prompt: state.canvas.prompt, seed: s.seed, steps: s.steps, guidance: s.guidance, mode: s.mode,
-    instruction: s.mode === "refine" ? s.instruction : null, hard_lock: s.mode !== "refine" && s.hardLock };
+    instruction: s.mode === "refine" ? s.instruction : null, hard_lock: s.mode !== "refine" && s.hardLock,
+    strength: s.mode === "refine" ? 1 : s.strength };
 }
 
 async function generate() {
@@ -358,7 +361,8 @@ async function restore(id) {
     const { canvas, settings } = await api.jobCanvas(id);
     state.reset(canvas);
     Object.assign(state.settings, { seed: settings.seed, randomSeed: false, steps: settings.steps ?? state.settings.steps,
-      guidance: settings.guidance, mode: settings.mode, hardLock: !!settings.hard_lock });
+      guidance: settings.guidance, mode: settings.mode, hardLock: !!settings.hard_lock,
+      strength: settings.strength ?? 1 });
     if (settings.prompt !== null && settings.prompt !== undefined) state.canvas.prompt = settings.prompt;
     state.changed("settings");
     showResult(id);
@@ -379,6 +383,7 @@ function renderSettings() {
   $("mode").value = ["collage", "refine"].includes(s.mode) ? s.mode : "layered";
   $("instruction").value = s.instruction || "";
   $("hard-lock").checked = !!s.hardLock;
+  $("strength").value = s.strength ?? 1;
   $("instruction-row").hidden = $("mode").value !== "refine";
   $("show-grid").checked = state.showGrid;
   const size = `${state.canvas.width}x${state.canvas.height}`;
@@ -468,7 +473,7 @@ function bindToolbar() {
     state.canvas.prompt = $("prompt").value;
     state.save();
   });
-  for (const id of ["seed", "steps", "guidance", "mode", "random-seed", "instruction", "hard-lock"]) $(id).addEventListener("change", readSettings);
+  for (const id of ["seed", "steps", "guidance", "mode", "random-seed", "instruction", "hard-lock", "strength"]) $(id).addEventListener("change", readSettings);
   document.addEventListener("keydown", (e) => {
     if (e.target.closest("input, textarea, select")) return;
     if (e.key === "Escape" && view.pick) return view.cancelPick();

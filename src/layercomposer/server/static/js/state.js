@@ -17,7 +17,7 @@ export class EditorState extends EventTarget {
     super();
     this.canvas = emptyCanvas();
     this.selected = null; // layer name
-    this.settings = { seed: 0, randomSeed: true, steps: 28, guidance: null, mode: "layered", hardLock: false };
+    this.settings = { seed: 0, randomSeed: true, steps: 28, guidance: null, mode: "layered", hardLock: false, strength: 1 };
     this.showGrid = false;
     this.undoStack = [];
     this.redoStack = [];
