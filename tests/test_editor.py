@@ -150,6 +150,7 @@ def test_compose_lock_reorder_generate_save_and_reload(server, browser, images, 
     # 6. Generate: the result picture appears, and the history lists it.
     page.fill("#prompt", "two sprites in a meadow")
     page.fill("#steps", "4")
+    page.fill("#strength", "0.5")
     page.locator("#random-seed").uncheck()
     page.fill("#seed", "5")
     page.locator("#generate").click()
@@ -157,6 +158,8 @@ def test_compose_lock_reorder_generate_save_and_reload(server, browser, images, 
     assert not page.locator("#result").is_hidden()
     page.wait_for_selector("#history li")
     assert "done" in page.inner_text("#job-status")
+    job = page.evaluate("fetch('/api/jobs').then((r) => r.json())")[0]
+    assert job["settings"]["strength"] == 0.5 and job["settings"]["steps"] == 4 and job["total"] == 2
 
     # 7. Save the project: the downloaded .lcz is the same canvas.
     with page.expect_download() as info:
