@@ -137,6 +137,46 @@ def test_three_modes_share_one_path():
     assert len(seen) == 3 and builder.encode_calls == 3  # A, B once each (shared by layered and unpruned), collage
 
 
+def test_merged_locked_layers_are_one_group_of_their_flattened_picture():
+    # The mixed canvas above, merged: bg + B (locked) -> one group, index 0, every cell (bg covers it);
+    # A, C, E unlocked keep their own groups and indices; D stays hidden.
+    c = Canvas(64, 64, [
+        layer("bg", solid(64, 64, (0, 0, 0, 255)), kind="background", locked=True),
+        layer("A", solid(16, 16), x=0, y=0),
+        layer("B", solid(16, 32, (0, 0, 255, 255)), x=16, y=0, locked=True),
+        layer("C", solid(32, 16), x=32, y=48),
+        layer("D", solid(16, 16), x=48, y=0, visible=False),
+        layer("E", solid(16, 16), x=48, y=16),
+    ])
+    seen: list = []
+    builder = ConditioningBuilder(encoder=_fake_free_encoder_counting(seen), merge_locked=True)
+    cond = builder.build(c, "layered")
+    assert [(g.name, g.locked, g.index, g.tokens) for g in cond.plan.groups] == [
+        ("bg + B", True, 0, 16), ("A", False, 1, 1), ("C", False, 2, 2), ("E", False, 3, 1)
+    ]
+    assert cond.count == 16 + 1 + 2 + 1  # B's two cells are no longer a second token at ids [0, r, 1]
+    assert cond.ids[:16].tolist() == grid_ids(4, 4, 0).tolist()
+    # The locked group's picture is B over bg: blue at cells (0, 1) and (1, 1), black elsewhere (-1 in [-1, 1]).
+    colour = cond.tokens[0, :16, 2:].reshape(4, 4, 3)
+    assert colour[0, 1].tolist() == [-1, -1, 1] and colour[1, 1].tolist() == [-1, -1, 1]
+    assert colour[2, 1].tolist() == [-1, -1, -1] and colour[0, 0].tolist() == [-1, -1, -1]
+    stats = cond.plan.as_dict()
+    assert (stats["total"], stats["unpruned_total"], stats["collage_total"]) == (20, 4 * 16, 16)
+    assert builder.build(c, "unpruned").count == 4 * 16 and len(seen) == 4  # locked picture, A, C, E
+    # Moving a locked layer re-encodes the locked picture only; an unlocked one, that layer only.
+    moved = c.copy()
+    moved.layers[2].y = 16
+    builder.build(moved)
+    assert len(seen) == 5
+    assert token_stats(c, merge_locked=True)["layers"][0]["name"] == "bg + B"
+    # Without locked layers nothing changes; the collage mode ignores the flag.
+    free = Canvas(64, 64, [layer("A", solid(16, 16))])
+    assert builder.plan(free).as_dict() == ConditioningBuilder().plan(free).as_dict()
+    merged_collage, collage = builder.plan(c, "collage").as_dict(), ConditioningBuilder().plan(c, "collage").as_dict()
+    assert merged_collage["layers"] == collage["layers"] and merged_collage["total"] == collage["total"] == 16
+    assert (merged_collage["unpruned_total"], collage["unpruned_total"]) == (4 * 16, 5 * 16)  # what unpruned would be
+
+
 def test_empty_canvas_has_no_condition_tokens():
     builder = ConditioningBuilder(encoder=_fake_free_encoder_counting([]))
     for mode in ("layered", "unpruned", "collage"):

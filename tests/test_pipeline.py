@@ -263,3 +263,22 @@ def test_strength_starts_from_the_noised_collage(tiny_pipe):
 def test_strength_needs_something_to_start_from(tiny_pipe):
     with pytest.raises(LayerComposerError, match="needs a visible layer"):
         tiny_pipe.generate(Canvas(64, 64), num_inference_steps=4, strength=0.5)
+
+
+def test_merge_locked_is_a_property_of_the_saved_model(tiny_pipe, tmp_path):
+    import json
+
+    from layercomposer.pipeline import LayerComposerPipeline
+
+    pipe = LayerComposerPipeline(tiny_pipe.transformer, tiny_pipe.vae, tiny_pipe.text_encoder, tiny_pipe.schedule,
+                                 merge_locked=True)
+    canvas = six_layer_canvas(5)  # bg, s2 and s4 locked; s1, s3 unlocked
+    result = pipe.generate(canvas, num_inference_steps=1)
+    assert [(g.name, g.index) for g in result.plan.groups] == [("bg + s2 + s4", 0), ("s1", 1), ("s3", 2)]
+    pipe.save_pretrained(tmp_path / "m")
+    assert LayerComposerPipeline.from_pretrained(tmp_path / "m").merge_locked
+    assert not tiny_pipe.merge_locked
+    index = json.loads((tmp_path / "m" / "model_index.json").read_text())
+    (tmp_path / "m" / "model_index.json").write_text(json.dumps({**index, "merge_locked_layers": "yes"}))
+    with pytest.raises(ModelError, match="merge_locked_layers must be true or false"):
+        LayerComposerPipeline.from_pretrained(tmp_path / "m")

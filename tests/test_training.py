@@ -390,6 +390,32 @@ def test_pool_cache_is_read_back_by_a_later_run_and_keyed_by_what_the_latents_de
     assert store.load(u) is not None
 
 
+def test_merged_locked_layers_train_export_and_are_inherited(scenes_dir, tmp_path):
+    from layercomposer.cli import main
+    from layercomposer.pipeline import LayerComposerPipeline
+    from layercomposer.training.pool import pool_fingerprint
+    from layercomposer.training.train import train
+
+    trainer = train(_cfg(scenes_dir, tmp_path / "m", steps=2, save_every=2, merge_locked=True), progress=False)
+    assert trainer.merge_locked and trainer.encoder.builder.merge_locked
+    pipe = LayerComposerPipeline.from_pretrained(tmp_path / "m" / "model")
+    assert pipe.merge_locked
+    assert json.loads((tmp_path / "m" / "model" / "model_index.json").read_text())["merge_locked_layers"] is True
+    assert main(["train-export", str(tmp_path / "m"), "-o", str(tmp_path / "m2")]) == 0
+    assert LayerComposerPipeline.from_pretrained(tmp_path / "m2").merge_locked
+    # A run continuing that model without the flag trains it as it was trained; --no-merge-locked switches off.
+    kw = dict(model=str(tmp_path / "m" / "model"), steps=1, save_every=1)
+    assert train(_cfg(scenes_dir, tmp_path / "n", **kw), progress=False).merge_locked
+    assert not train(_cfg(scenes_dir, tmp_path / "o", merge_locked=False, **kw), progress=False).merge_locked
+    assert not LayerComposerPipeline.from_pretrained(tmp_path / "o" / "model").merge_locked
+    # The pool cache keeps merged and separate canvases apart; old fingerprints are unchanged.
+    args = dict(seed=0, mode="layered", resolution=None, sampling=SamplingConfig())
+    plain = pool_fingerprint(trainer.scenes, pipe.vae, **args)
+    assert "merge_locked" not in plain
+    assert pool_fingerprint(trainer.scenes, pipe.vae, merge_locked=True, **args) != plain
+    assert main(["train", "--data", "x", "--output", "y", "--mode", "collage", "--merge-locked"]) == 2
+
+
 def test_pool_cache_needs_a_pool():
     from layercomposer.cli import main
 

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Count the conditioning tokens a canvas gives, per layer and per mode.")
     tok.add_argument("canvas", metavar="CANVAS")
     tok.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    tok.add_argument("--merge-locked", action="store_true",
+                     help="count as a model with merged locked layers does (one group for all locked layers)")
     tok.set_defaults(func=cmd_tokens)
 
     flat = sub.add_parser("flatten", help="flatten a canvas into its rough collage",
@@ -395,7 +397,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     from .conditioning import token_stats
 
     canvas = load_canvas(args.canvas)
-    stats = token_stats(canvas)
+    stats = token_stats(canvas, merge_locked=args.merge_locked)
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0

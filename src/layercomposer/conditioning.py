@@ -7,6 +7,13 @@ transform) and gathers the kept tokens. Only the planning half runs for `layerco
 Fill colour: pixels are composited over mid grey (0.5, 0.5, 0.5) by their alpha before encoding, i.e. the
 VAE input is ``(2 * rgb - 1) * alpha``; fully transparent pixels are exactly 0 in the VAE's [-1, 1] range.
 Training and inference share this function, so they cannot disagree.
+
+Merged locked layers (`merge_locked`, a property of a model, kept in its model_index.json): the locked
+layers are flattened back to front into one picture, encoded once and given ids `[0, r, c]`; unlocked
+layers stay one group each. Locked layers are pinned to the picture being generated, so what one of them
+hides under another locked layer can never show; merging drops only that, and leaves one locked token per
+cell instead of several tokens with the same id (a background and the characters in front of it), whose
+order the model could only guess from their content. A model is trained one way and run the same way.
 """
 
 from __future__ import annotations
@@ -137,6 +144,19 @@ def collage_key(canvas: Canvas) -> tuple[Any, ...]:
     return ("collage", tuple(layer_key(canvas, layer) for layer in canvas.visible_layers()))
 
 
+def locked_key(canvas: Canvas, locked: list[Layer]) -> tuple[Any, ...]:
+    """What the merged locked group depends on: the locked layers' keys, in z-order."""
+    return ("locked", tuple(layer_key(canvas, layer) for layer in locked))
+
+
+def flatten_layers(canvas: Canvas, layers: list[Layer]) -> Image.Image:
+    """`layers` rendered at generation size and alpha-composited back to front (transparent elsewhere)."""
+    out = Image.new("RGBA", canvas.generation_size, (0, 0, 0, 0))
+    for layer in layers:
+        out = Image.alpha_composite(out, canvas.render_layer(layer, canvas.generation_size))
+    return out
+
+
 @dataclass
 class _Entry:
     keep_full: np.ndarray  # (rows, cols) bool, alpha > 0.5
@@ -151,8 +171,11 @@ class ConditioningBuilder:
     re-renders and re-encodes that layer only. Locking, visibility and z-order change ids, not latents.
     """
 
-    def __init__(self, encoder: TokenEncoder | None = None, max_entries: int = 64, encode_batch: int = 1) -> None:
+    def __init__(self, encoder: TokenEncoder | None = None, max_entries: int = 64, encode_batch: int = 1,
+                 merge_locked: bool = False) -> None:
         self.encoder = encoder
+        self.merge_locked = merge_locked
+        """Locked layers as one flattened group (module docstring); the model decides, not the user."""
         self.max_entries = max_entries
         self.encode_batch = max(1, encode_batch)
         """Pictures encoded together in one VAE call. Batching is faster (the trainer uses 8), but a
@@ -189,8 +212,17 @@ class ConditioningBuilder:
                 groups.append(TokenGroup("collage", False, 1, np.ones((rows, cols), bool),
                                          float(entry.keep_full.mean()), collage_key(canvas), "collage"))
         else:
+            locked = [layer for layer in visible if layer.locked] if self.merge_locked else []
+            if locked:
+                key = locked_key(canvas, locked)
+                entry = self._entry(key, lambda: flatten_layers(canvas, locked))
+                keep = entry.keep_full if mode == "layered" else np.ones((rows, cols), bool)
+                groups.append(TokenGroup(" + ".join(layer.name for layer in locked), True, 0, keep,
+                                         float(entry.keep_full.mean()), key, "locked"))
             j = 0
             for layer in visible:
+                if locked and layer.locked:
+                    continue
                 key = layer_key(canvas, layer)
                 entry = self._entry(key, lambda layer=layer: canvas.render_layer(layer, canvas.generation_size))
                 if layer.locked:
@@ -201,7 +233,9 @@ class ConditioningBuilder:
                 keep = entry.keep_full if mode == "layered" else np.ones((rows, cols), bool)
                 groups.append(TokenGroup(layer.name, layer.locked, index, keep, float(entry.keep_full.mean()),
                                          key, layer.kind))
-        return TokenPlan(mode, (rows, cols), groups, unpruned_total=len(visible) * cells,
+        per_layer = sum(not layer.locked for layer in visible) + 1 if self.merge_locked and any(
+            layer.locked for layer in visible) else len(visible)  # the groups of the layered/unpruned modes
+        return TokenPlan(mode, (rows, cols), groups, unpruned_total=per_layer * cells,
                          collage_total=cells if visible else 0, hidden=hidden)
 
     def _entry(self, key: tuple[Any, ...], render: Callable[[], Image.Image]) -> _Entry:
@@ -348,6 +382,6 @@ def grid_ids(rows: int, cols: int, index: int = 0) -> np.ndarray:
     return np.stack([np.full(rows * cols, index), r.reshape(-1), c.reshape(-1)], axis=1).astype(np.int64)
 
 
-def token_stats(canvas: Canvas, mode: Mode = "layered") -> dict[str, Any]:
+def token_stats(canvas: Canvas, mode: Mode = "layered", merge_locked: bool = False) -> dict[str, Any]:
     """The statistics of `layercomposer tokens` for a canvas (renders the layers, no model)."""
-    return ConditioningBuilder().plan(canvas, mode).as_dict()
+    return ConditioningBuilder(merge_locked=merge_locked).plan(canvas, mode).as_dict()

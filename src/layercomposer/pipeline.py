@@ -90,6 +90,7 @@ class LayerComposerPipeline:
         guidance_scale: float = 2.5,
         default_steps: int = 28,
         name: str | None = None,
+        merge_locked: bool = False,
     ) -> None:
         self.transformer = transformer.eval().requires_grad_(False)
         self.vae = vae.eval().requires_grad_(False)
@@ -104,9 +105,14 @@ class LayerComposerPipeline:
                 f"transformer in_channels {transformer.config.in_channels} does not match 4 x the VAE's "
                 f"{latent_channels} latent channels"
             )
-        self.conditioning = ConditioningBuilder(self._encode_pixels)
+        self.conditioning = ConditioningBuilder(self._encode_pixels, merge_locked=merge_locked)
         self._prompt_cache: OrderedDict[str, TextEmbeddings] = OrderedDict()
         self._execution_device: torch.device | None = None
+
+    @property
+    def merge_locked(self) -> bool:
+        """Whether this model sees the locked layers flattened into one group (see `conditioning`)."""
+        return self.conditioning.merge_locked
 
     # -- construction --------------------------------------------------------------------------------------
 
@@ -158,9 +164,13 @@ class LayerComposerPipeline:
             text_encoder = _TEXT_ENCODERS[kind].from_pretrained(root)
         except (OSError, ValueError) as exc:
             raise ModelError(f"{root}: cannot load weights ({str(exc).splitlines()[0]})") from None
+        merge_locked = index.get("merge_locked_layers", False)
+        if not isinstance(merge_locked, bool):
+            raise ModelError(f"{root}/model_index.json: merge_locked_layers must be true or false, "
+                             f"got {merge_locked!r}")
         schedule = FlowSchedule.load(root / "scheduler" / "scheduler_config.json")
         return cls(transformer, vae, text_encoder, schedule, float(index.get("guidance_scale", 2.5)),
-                   int(index.get("default_steps", 28)), name=index.get("name", root.name))
+                   int(index.get("default_steps", 28)), name=index.get("name", root.name), merge_locked=merge_locked)
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write safetensors weights and configs in diffusers' per-component layout."""
@@ -178,6 +188,7 @@ class LayerComposerPipeline:
             "text_encoder_kind": self.text_encoder.kind,
             "guidance_scale": self.guidance_scale,
             "default_steps": self.default_steps,
+            "merge_locked_layers": self.merge_locked,
         }
         # model_index.json last: a directory without it is not a model, so a crash leaves no half model.
         (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")

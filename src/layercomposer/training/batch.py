@@ -68,11 +68,13 @@ class SampleEncoder:
     """
 
     def __init__(self, encode_pixels: Callable[[torch.Tensor], torch.Tensor], mode: Mode = "layered",
-                 max_cached_layers: int = 65536, max_cached_targets: int = 65536, encode_batch: int = 8) -> None:
+                 max_cached_layers: int = 65536, max_cached_targets: int = 65536, encode_batch: int = 8,
+                 merge_locked: bool = False) -> None:
         self.encode_pixels = encode_pixels
         self.mode = mode
         self.encode_batch = max(1, encode_batch)
-        self.builder = ConditioningBuilder(encode_pixels, max_entries=max_cached_layers, encode_batch=encode_batch)
+        self.builder = ConditioningBuilder(encode_pixels, max_entries=max_cached_layers, encode_batch=encode_batch,
+                                           merge_locked=merge_locked)
         self.max_cached_targets = max_cached_targets
         self._targets: OrderedDict[tuple[str, int, int, int], torch.Tensor] = OrderedDict()
 

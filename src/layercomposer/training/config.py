@@ -20,6 +20,9 @@ class TrainConfig:
     model: str = "demo-base"
     vae: str | None = None
     mode: str = "layered"
+    merge_locked: bool | None = None
+    """Locked layers flattened into one token group (conditioning's module docstring); None: as the base
+    model was trained (False for a registered config or a FLUX folder). Written into the exported model."""
     steps: int = 1000
     batch_size: int = 4
     grad_accum: int = 1
@@ -78,6 +81,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, default=None, help="train at this square size (px)")
     parser.add_argument("--vae", default=None, help="AutoencoderKL folder replacing the base's VAE (frozen)")
     parser.add_argument("--mode", default=d.mode, choices=MODES, help="conditioning mode (collage = ablation)")
+    parser.add_argument("--merge-locked", action=argparse.BooleanOptionalAction, default=None,
+                        help="flatten the locked layers into one token group (default: as the base model was "
+                        "trained); the exported model remembers it")
     parser.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per micro-batch per process")
     parser.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
@@ -124,6 +130,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise LayerComposerError("--steps, --batch-size and --grad-accum must be positive")
     if cfg.sample_pool < 0:
         raise LayerComposerError(f"--sample-pool: must be 0 or positive, got {cfg.sample_pool}")
+    if cfg.merge_locked and cfg.mode == "collage":
+        raise LayerComposerError("--merge-locked: the collage mode has no separate layers to merge")
     if cfg.pool_cache and not cfg.sample_pool:
         raise LayerComposerError("--pool-cache: needs --sample-pool (it stores the pool's encoded canvases)")
     if not (cfg.ema_decay == 0 or 0 < cfg.ema_decay < 1):

@@ -48,10 +48,12 @@ def module_signature(module: torch.nn.Module) -> str:
 
 
 def pool_fingerprint(scenes: SceneSet, vae: torch.nn.Module, *, seed: int, mode: str, resolution: int | None,
-                     sampling: SamplingConfig) -> dict[str, Any]:
-    """Everything sample u of a pool depends on."""
+                     sampling: SamplingConfig, merge_locked: bool = False) -> dict[str, Any]:
+    """Everything sample u of a pool depends on (merged locked layers only named when on, so the caches of
+    runs without them keep their fingerprint)."""
     return {"format": 1, "data": data_signature(scenes), "vae": module_signature(vae), "seed": seed,
-            "mode": mode, "resolution": resolution, "sampling": asdict(sampling)}
+            "mode": mode, "resolution": resolution, "sampling": asdict(sampling),
+            **({"merge_locked": True} if merge_locked else {})}
 
 
 class PoolCache:

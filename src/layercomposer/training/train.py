@@ -68,6 +68,9 @@ class Trainer:
         if cfg.vae:
             pipe.vae = AutoencoderKL.from_pretrained(cfg.vae, use_safetensors=True, torch_dtype=torch.float32)
             pipe.vae.eval().requires_grad_(False)
+        if cfg.merge_locked is not None:
+            pipe.conditioning.merge_locked = cfg.merge_locked
+        self.merge_locked = pipe.merge_locked
         self.pipe = pipe
         transformer = pipe.transformer
         use_padded_batch_attention(transformer)
@@ -109,13 +112,14 @@ class Trainer:
         # With a sample pool, whole encoded samples are kept, so the per-layer caches need only be small.
         small = 4096 if cfg.sample_pool else 65536
         self.encoder = SampleEncoder(pipe._encode_pixels, mode=cfg.mode,  # type: ignore[arg-type]
-                                     max_cached_layers=small, max_cached_targets=small)
+                                     max_cached_layers=small, max_cached_targets=small,
+                                     merge_locked=self.merge_locked)
         self._pool: dict[int, EncodedSample] = {}
         self.pool_cache: PoolCache | None = None
         if cfg.sample_pool and cfg.pool_cache:
             self.pool_cache = PoolCache(cfg.pool_cache, pool_fingerprint(
                 self.scenes, pipe.vae, seed=cfg.seed, mode=cfg.mode, resolution=cfg.resolution,
-                sampling=cfg.sampling))
+                sampling=cfg.sampling, merge_locked=self.merge_locked))
         self.pool_counts = {"encoded": 0, "loaded": 0}
         self.eval_batches = self._eval_batches() if cfg.eval_data else []
         self._text_cache: dict[str, TextEmbeddings] = {}
@@ -303,7 +307,7 @@ class Trainer:
             te.model = self.accelerator.unwrap_model(self.text_model)
         use_stock_attention(transformer)  # inference (batch 1) uses diffusers' stock processor
         pipe = LayerComposerPipeline(transformer, self.pipe.vae, te, self.pipe.schedule, self.pipe.guidance_scale,
-                                     self.pipe.default_steps, name=self.pipe.name)
+                                     self.pipe.default_steps, name=self.pipe.name, merge_locked=self.merge_locked)
         from diffusers.utils import logging as diffusers_logging
 
         dtype = getattr(torch, self.cfg.export_dtype)
@@ -443,6 +447,8 @@ def export_checkpoint(run: str | Path, out: str | Path, step: int | None = None,
         if getattr(pipe.text_encoder, "model", None) is not None:
             modules["text_encoder"] = pipe.text_encoder.model
         copy_into(modules, load_file(ckpt / EMA_FILE))
+    if cfg.get("merge_locked") is not None:  # else the base model's own, as in training
+        pipe.conditioning.merge_locked = bool(cfg["merge_locked"])
     pipe.name = name or out.name
     if guidance_scale is not None:
         pipe.guidance_scale = float(guidance_scale)  # the default `generate` uses
