@@ -93,6 +93,21 @@ def test_token_statistics_match_the_cli_rule(client):
     assert stats["total"] == 4 and stats["unpruned_total"] == 16
 
 
+def test_token_statistics_follow_a_model_with_merged_locked_layers(tmp_path, pipe):
+    from layercomposer.pipeline import LayerComposerPipeline
+
+    merged = LayerComposerPipeline(pipe.transformer, pipe.vae, pipe.text_encoder, pipe.schedule, merge_locked=True)
+    merged.save_pretrained(tmp_path / "model")
+    settings = ServerSettings(model=str(tmp_path / "model"), outputs=tmp_path / "outputs")
+    with TestClient(create_app(settings, load_pipeline=lambda: merged)) as c:
+        info = upload(c, png(32, 32))
+        layers = [{"name": "a", "image": info["id"], "x": 0, "y": 0, "locked": True},
+                  {"name": "b", "image": info["id"], "x": 16, "y": 16, "locked": True}]
+        stats = c.post("/api/tokens", json={"canvas": canvas_doc(info["id"], layers=layers)}).json()
+    # a covers cells (0..1, 0..1), b (1..2, 1..2): merged, one locked group of their union, 7 cells
+    assert [(g["name"], g["tokens"]) for g in stats["layers"]] == [("a + b", 7)] and stats["total"] == 7
+
+
 def test_job_end_to_end_with_event_stream(client):
     info = upload(client)
     r = client.post("/api/jobs", json={"canvas": canvas_doc(info["id"]), "settings": {"seed": 3, "steps": 8}})

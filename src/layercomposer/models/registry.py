@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -148,6 +149,19 @@ def resolve_model(model: str | Path) -> ModelConfig | Path:
     if isinstance(model, str) and HUB_ID.match(model):
         return cached_hub_model(model)
     raise ModelError(f"unknown model {str(model)!r}: use one of {', '.join(model_choices())} or a model directory")
+
+
+def merges_locked(model: str | Path) -> bool:
+    """Whether `model` sees its locked layers merged (model_index.json `merge_locked_layers`), read without
+    loading weights; False for registered configs and for anything that does not resolve (loading it
+    reports that)."""
+    try:
+        resolved = resolve_model(model)
+        if isinstance(resolved, ModelConfig):
+            return False
+        return json.loads((resolved / "model_index.json").read_text()).get("merge_locked_layers") is True
+    except (ModelError, OSError, ValueError):
+        return False
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
