@@ -29,6 +29,7 @@ def test_shipped_model_loads_and_renders(name):
         pytest.fail(f"{name} is not in the installed package ({WEIGHTS_DIR})")
     pipe = LayerComposerPipeline.from_pretrained(name)
     assert pipe.name == name and pipe.text_encoder.kind == "clip"
+    assert pipe.merge_locked == (name == "demo")  # the layered demo was trained with merged locked layers
     canvas = load_canvas(EXAMPLES / "two-overlapping.json")
     mode = "collage" if name == "demo-collage" else "layered"
     image = pipe(canvas, num_inference_steps=3, seed=0, mode=mode)
