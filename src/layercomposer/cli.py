@@ -368,8 +368,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline import skipped_steps
 
     steps = args.steps or pipe.default_steps
-    bar = tqdm(total=steps - skipped_steps(steps, args.strength), desc="sampling", unit="step", file=sys.stderr,
-               dynamic_ncols=True, leave=False)
+    steps_run = steps - skipped_steps(steps, args.strength)
+    bar = tqdm(total=steps_run, desc="sampling", unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
     try:
         result = pipe.generate(canvas, prompt=args.prompt, num_inference_steps=args.steps,
                                guidance_scale=args.guidance, seed=args.seed, mode=args.mode,
@@ -382,7 +382,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     plan = result.plan
     held = "" if result.hard_locked is None else f", {result.hard_locked} latent pixels (8 px) hard-locked"
     if result.strength < 1.0:
-        held += f", strength {result.strength:g}: {steps - skipped_steps(steps, result.strength)} of {steps} steps"
+        held += f", strength {result.strength:g}: {steps_run} of {steps} steps"
     print(
         f"wrote {output} ({result.image.width}x{result.image.height}, {plan.total} condition tokens "
         f"[{plan.mode}] + {plan.noisy} noisy{held}; load {load_s:.1f}s, condition {result.seconds['condition']:.1f}s, "

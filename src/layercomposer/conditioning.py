@@ -233,8 +233,9 @@ class ConditioningBuilder:
                 keep = entry.keep_full if mode == "layered" else np.ones((rows, cols), bool)
                 groups.append(TokenGroup(layer.name, layer.locked, index, keep, float(entry.keep_full.mean()),
                                          key, layer.kind))
-        per_layer = sum(not layer.locked for layer in visible) + 1 if self.merge_locked and any(
-            layer.locked for layer in visible) else len(visible)  # the groups of the layered/unpruned modes
+        # Groups of the layered / unpruned modes: one per visible layer, or the locked ones counted once.
+        n_locked = sum(layer.locked for layer in visible)
+        per_layer = len(visible) - n_locked + 1 if self.merge_locked and n_locked else len(visible)
         return TokenPlan(mode, (rows, cols), groups, unpruned_total=per_layer * cells,
                          collage_total=cells if visible else 0, hidden=hidden)
 

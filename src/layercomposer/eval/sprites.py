@@ -412,6 +412,8 @@ def _f(value: float | None, unit: str = " dB", digits: int = 2) -> str:
 
 def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
     """docs/RESULTS.md: the measured numbers, against the targets of the training issue."""
+    from ..pipeline import skipped_steps
+
     s, st = report["summary"], report["settings"]
     lk, ul, oc, pr, fl = s["locked"], s["unlocked"], s["occlusion"], s["pruning"], s["lock_flip"]
 
@@ -457,10 +459,11 @@ def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
         f"locked characters {_f(lk['subjects_only'].get('psnr_hard_lock'))}, "
         f"unlocked characters {_f(ul.get('hard_lock'))}, occlusion subset {_f(oc.get('hard_lock'))}.",
         *([f"- Image-to-image from the flattened canvas (`--strength {st['strength']:g}`: "
-           f"{max(1, round(st['steps'] * st['strength']))} of {st['steps']} steps run from the noised canvas; "
-           f"an inference option, not the model): locked regions {_f(lk.get('psnr_strength'))}, unlocked characters "
-           f"{_f(ul.get('strength'))}, occlusion subset {_f(oc.get('strength'))}, left-out background's scene "
-           f"recognised {_f(_pct(s['prompt'].get('strength', {}).get('background')), '%', 0)}, lighting "
+           f"{st['steps'] - skipped_steps(st['steps'], st['strength'])} of {st['steps']} steps run from the noised "
+           f"canvas; an inference option, not the model): locked regions {_f(lk.get('psnr_strength'))}, "
+           f"unlocked characters {_f(ul.get('strength'))}, occlusion subset {_f(oc.get('strength'))}, "
+           f"left-out background's scene recognised "
+           f"{_f(_pct(s['prompt'].get('strength', {}).get('background')), '%', 0)}, lighting "
            f"{_f(_pct(s['prompt'].get('strength', {}).get('lighting')), '%', 0)}."]
           if st.get("strength") else []),
         f"- Same character locked vs unlocked (everything else equal, {fl['cases']} cases): "
