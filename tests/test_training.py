@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from layercomposer.canvas import Layer, LayerImage
 from layercomposer.data.scenes import SceneError, SceneSet, load_scene
 from layercomposer.models.attention import use_stock_attention
 from layercomposer.training.batch import SampleEncoder, collate, flow_loss, guidance_vector
@@ -117,6 +119,46 @@ def test_unlocked_subjects_come_from_another_picture_over_the_targets_subject(sc
         src_layer = scene.images[sample.sources[layer.name]].layer(layer.name)
         cut = src_layer.crop(alpha_box(src_layer))
         assert np.array_equal(np.asarray(layer.image.rgba), np.asarray(cut))
+
+
+def test_aligned_unlocked_subjects_are_the_targets_own_in_place(scenes):
+    scene = multi(scenes)
+    still = {"brightness": 0, "contrast": 0, "saturation": 0, "hue_degrees": 0}
+    cfg = SamplingConfig(p_lock_none=1.0, p_drop_background=0.0, p_aligned_unlocked=1.0, **still)
+    sample = sample_training_canvas(scene, np.random.default_rng(2), cfg, target_index=0)
+    target = scene.images[0]
+    subjects = [layer for layer in sample.canvas.layers if layer.kind == "subject"]
+    assert subjects and not sample.locked
+    for layer in subjects:
+        assert not layer.locked and sample.sources[layer.name] == 0
+        # With no colour jitter the rendered layer is the target's layer, pixel for pixel.
+        assert np.array_equal(np.asarray(sample.canvas.render_layer(layer)), np.asarray(target.layer(layer.name)))
+    # The background is never the target's own while unlocked: it still comes from another picture.
+    assert sample.sources["background"] != 0
+    # So, over the target's own background, the canvas flattens to the target exactly (order kept too).
+    assert sample.canvas.layers[0].name == "background"
+    sample.canvas.layers[0] = Layer(name="background", image=LayerImage.from_pil(target.layer("background")),
+                                    kind="background")
+    assert np.array_equal(np.asarray(sample.canvas.flatten().convert("RGB")), np.asarray(sample.target))
+    # Colour jitter still applies (alpha untouched): the model must relight what it copies.
+    jittered = sample_training_canvas(scene, np.random.default_rng(3), replace(cfg, brightness=0.3),
+                                      target_index=0)
+    layer = jittered.canvas.layers[1]
+    got, want = np.asarray(jittered.canvas.render_layer(layer)), np.asarray(target.layer(layer.name))
+    assert np.array_equal(got[..., 3], want[..., 3]) and not np.array_equal(got[..., :3], want[..., :3])
+
+
+def test_aligned_unlocked_share_follows_its_chance(scenes):
+    scene = multi(scenes)
+    counts = [0, 0]
+    cfg = SamplingConfig(p_lock_none=1.0, p_aligned_unlocked=0.3)
+    for seed in range(300):
+        sample = sample_training_canvas(scene, np.random.default_rng(seed), cfg)
+        for name in sample.unlocked:
+            if name != "background":
+                counts[sample.sources[name] == sample.image] += 1
+    share = counts[1] / sum(counts)
+    assert 0.24 < share < 0.36, share
 
 
 def test_subject_in_one_picture_only_stays_locked(scenes, tmp_path):
@@ -414,6 +456,35 @@ def test_merged_locked_layers_train_export_and_are_inherited(scenes_dir, tmp_pat
     assert "merge_locked" not in plain
     assert pool_fingerprint(trainer.scenes, pipe.vae, merge_locked=True, **args) != plain
     assert main(["train", "--data", "x", "--output", "y", "--mode", "collage", "--merge-locked"]) == 2
+
+
+def test_aligned_unlocked_option_trains_on_its_own_pool_and_holds_out_the_papers_task(scenes_dir, tmp_path):
+    from layercomposer.cli import build_parser, main
+    from layercomposer.training.config import train_config_from_args
+    from layercomposer.training.pool import pool_fingerprint
+    from layercomposer.training.train import Trainer
+
+    args = build_parser().parse_args(["train", "--data", "d", "--output", "o", "--aligned-unlocked", "0.4"])
+    assert train_config_from_args(args).sampling == SamplingConfig(p_aligned_unlocked=0.4)
+    assert main(["train", "--data", "d", "--output", "o", "--aligned-unlocked", "1.5"]) == 2
+    cfg = _cfg(scenes_dir, tmp_path / "a", eval_data=str(scenes_dir), eval_samples=12, sample_pool=12,
+               sampling=SamplingConfig(p_lock_none=1.0, p_aligned_unlocked=1.0))
+    trainer = Trainer(cfg)
+    pool = [trainer.pool_sample(u) for u in range(12)]
+    aligned = [s for s in pool if any(s.sources[n] == s.image for n in s.unlocked if n != "background")]
+    assert aligned, "with chance 1 every unlocked subject is the target's own"
+    assert all(s.sources[n] == s.image for s in pool for n in s.unlocked if n != "background")
+    held = trainer.held_out_samples()
+    assert any(s.unlocked for s in held)
+    assert all(s.sources[n] != s.image for s in held for n in s.unlocked)
+    # Its pool cache has its own fingerprint; runs without the option keep theirs.
+    fp = dict(seed=0, mode="layered", resolution=None)
+    plain = pool_fingerprint(trainer.scenes, trainer.pipe.vae, sampling=SamplingConfig(), **fp)
+    assert sorted(plain["sampling"]) == sorted(
+        ["p_lock_none", "p_lock_all", "p_lock_each", "p_drop_background", "scale_jitter", "shift_jitter",
+         "rotation_jitter", "brightness", "contrast", "saturation", "hue_degrees"])
+    on = pool_fingerprint(trainer.scenes, trainer.pipe.vae, sampling=SamplingConfig(p_aligned_unlocked=0.3), **fp)
+    assert on["sampling"]["p_aligned_unlocked"] == 0.3
 
 
 def test_pool_cache_needs_a_pool():

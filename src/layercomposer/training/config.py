@@ -84,6 +84,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--merge-locked", action=argparse.BooleanOptionalAction, default=None,
                         help="flatten the locked layers into one token group (default: as the base model was "
                         "trained); the exported model remembers it")
+    parser.add_argument("--aligned-unlocked", type=float, default=0.0, metavar="P",
+                        help="chance that an unlocked subject is the target's own, in place, colours jittered, "
+                        "instead of one from another picture (0: the paper's sampling); teaches copying from "
+                        "unlocked layers. The held-out loss always uses the paper's sampling")
     parser.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per micro-batch per process")
     parser.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
@@ -125,7 +129,10 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         for key, preset in KONTEXT_PRESET.items():
             if values.get(key) == getattr(defaults, key):  # left at its default: the preset decides
                 values[key] = preset
-    cfg = TrainConfig(**values)
+    aligned = getattr(args, "aligned_unlocked", 0.0)
+    if not 0 <= aligned <= 1:
+        raise LayerComposerError(f"--aligned-unlocked: a chance in [0, 1], got {aligned}")
+    cfg = TrainConfig(**values, sampling=SamplingConfig(p_aligned_unlocked=aligned))
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
         raise LayerComposerError("--steps, --batch-size and --grad-accum must be positive")
     if cfg.sample_pool < 0:

@@ -49,10 +49,13 @@ def module_signature(module: torch.nn.Module) -> str:
 
 def pool_fingerprint(scenes: SceneSet, vae: torch.nn.Module, *, seed: int, mode: str, resolution: int | None,
                      sampling: SamplingConfig, merge_locked: bool = False) -> dict[str, Any]:
-    """Everything sample u of a pool depends on (merged locked layers only named when on, so the caches of
-    runs without them keep their fingerprint)."""
+    """Everything sample u of a pool depends on (merged locked layers and aligned unlocked subjects only named
+    when on, so the caches of runs without them keep their fingerprint)."""
+    settings = asdict(sampling)
+    if not settings["p_aligned_unlocked"]:
+        del settings["p_aligned_unlocked"]
     return {"format": 1, "data": data_signature(scenes), "vae": module_signature(vae), "seed": seed,
-            "mode": mode, "resolution": resolution, "sampling": asdict(sampling),
+            "mode": mode, "resolution": resolution, "sampling": settings,
             **({"merge_locked": True} if merge_locked else {})}
 
 

@@ -4,6 +4,7 @@ For a target picture T of a scene: a random subset of T's layers is locked (T's 
 untouched); every other subject of T enters unlocked, cut from a *different* picture of the same scene
 (same identity, other pose and lighting), placed over T's subject (centre and height) and augmented
 (random scale, shift, colour jitter). The background is locked, unlocked (from another picture) or dropped.
+Optionally (`p_aligned_unlocked`, off by default and in the paper) an unlocked subject is T's own, in place.
 
 The output is an ordinary `Canvas`, so training conditions go through the same conditioning code as
 inference (`ConditioningBuilder`), and the two cannot disagree.
@@ -39,6 +40,10 @@ class SamplingConfig:
     """Unlocked layers: centre shifted by U(-j, j) times the subject's width and height."""
     rotation_jitter: float = 0.0
     """Unlocked layers: extra rotation in degrees, U(-j, j)."""
+    p_aligned_unlocked: float = 0.0
+    """Chance that an unlocked subject is cut from T itself instead of another picture: placed exactly over
+    its own pixels, colours jittered, no other augmentation. 0 in the paper; it teaches the model to copy
+    (and relight) what unlocked layer tokens show where they are shown (see docs/TRAINING.md)."""
     brightness: float = 0.12
     contrast: float = 0.12
     saturation: float = 0.15
@@ -107,9 +112,14 @@ def sample_training_canvas(
         if is_bg and rng.random() < config.p_drop_background:
             sample.dropped.append(name)
             continue
+        sample.unlocked.append(name)
+        # The chance is only drawn when it is on, so the samples of runs without it stay what they were.
+        if not is_bg and config.p_aligned_unlocked and rng.random() < config.p_aligned_unlocked:
+            sample.sources[name] = t_index
+            sample.canvas.layers.append(place_aligned(name, target, rng, config))
+            continue
         source = others[name][int(rng.integers(len(others[name])))]
         sample.sources[name] = source.index
-        sample.unlocked.append(name)
         if is_bg:
             bg = jitter_colours(source.layer(name), rng, config)
             sample.canvas.layers.append(Layer(name=name, image=LayerImage.from_pil(bg), kind="background"))
@@ -135,6 +145,13 @@ def place_unlocked(
     return Layer(name=name, image=LayerImage.from_pil(cut, source_name=f"{name}.png"),
                  x=round(cx - cut.width * scale / 2, 2), y=round(cy - cut.height * scale / 2, 2),
                  scale=round(scale, 4), rotation=round(rotation, 2))
+
+
+def place_aligned(name: str, target: SceneImage, rng: np.random.Generator, config: SamplingConfig) -> Layer:
+    """T's own subject, unlocked: over its own pixels (its alpha box, scale 1), colours jittered."""
+    box = alpha_box(target.layer(name))
+    cut = jitter_colours(target.layer(name).crop(box), rng, config)
+    return Layer(name=name, image=LayerImage.from_pil(cut, source_name=f"{name}.png"), x=box[0], y=box[1])
 
 
 def alpha_box(image: Image.Image) -> tuple[int, int, int, int]:

@@ -175,13 +175,17 @@ class Trainer:
         scene = self.scenes.scenes[int(rng.integers(len(self.scenes)))]
         return sample_training_canvas(scene, rng, self.cfg.sampling)
 
-    def _eval_batches(self) -> list[Batch]:
+    def held_out_samples(self) -> list[TrainingSample]:
+        """The fixed held-out canvases of the eval loss (seeded by their index; the paper's sampling, so
+        unlocked subjects always come from other pictures whatever the run trains with)."""
         held_out = SceneSet.load(self.cfg.eval_data, self.cfg.resolution)
-        samples = []
-        for k in range(self.cfg.eval_samples):
-            rng = np.random.default_rng([10_000 + self.cfg.seed, k])
-            samples.append(sample_training_canvas(held_out.scenes[k % len(held_out)], rng, self.cfg.sampling))
-        size = self.cfg.batch_size
+        paper = replace(self.cfg.sampling, p_aligned_unlocked=0.0)
+        return [sample_training_canvas(held_out.scenes[k % len(held_out)],
+                                       np.random.default_rng([10_000 + self.cfg.seed, k]), paper)
+                for k in range(self.cfg.eval_samples)]
+
+    def _eval_batches(self) -> list[Batch]:
+        samples, size = self.held_out_samples(), self.cfg.batch_size
         return [collate(self.encoder.encode_many(samples[i:i + size])) for i in range(0, len(samples), size)]
 
     def _trained_modules(self) -> dict[str, torch.nn.Module]:
