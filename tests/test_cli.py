@@ -54,6 +54,31 @@ def test_tokens_table(small_canvas):
     assert "condition tokens: layered 10, unpruned 48, collage 24" in out.stdout
 
 
+def test_tokens_count_as_a_model_does(tmp_path):
+    solid(32, 32, (200, 30, 30, 255)).save(tmp_path / "a.png")
+    doc = {"version": 1, "width": 64, "height": 64,
+           "layers": [{"name": "a", "image": "a.png", "x": 20, "y": 20, "locked": True},
+                      {"name": "b", "image": "a.png", "x": 0, "y": 0, "locked": True}]}
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+
+    def counts(*flags: str) -> list[tuple[str, int]]:
+        out = run("tokens", str(tmp_path / "c.json"), "--json", *flags)
+        assert out.returncode == 0, out.stderr
+        return [(layer["name"], layer["tokens"]) for layer in json.loads(out.stdout)["layers"]]
+
+    # a: [20, 52) holds centres 24 and 40 (2 x 2) and meets cells 1-3 (3 x 3); b: [0, 32), cells 0-1 either way.
+    assert counts() == [("a", 4), ("b", 4)]
+    assert counts("--prune", "cover") == [("a", 9), ("b", 4)]
+    # Merged: the union of their cells, (0..1)^2 and (1..2)^2 -> 7 under centre; (0..1)^2 and (1..3)^2 -> 12.
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text(json.dumps({"merge_locked_layers": True, "prune_rule": "cover"}))
+    assert counts("--model", str(model)) == [("a + b", 12)]
+    assert counts("--merge-locked") == [("a + b", 7)]
+    out = run("tokens", str(tmp_path / "c.json"), "--model", str(tmp_path / "nowhere"))
+    assert out.returncode == 2 and "unknown model" in out.stderr
+
+
 def test_flatten(small_canvas, tmp_path):
     target = tmp_path / "collage.png"
     out = run("flatten", str(small_canvas), "-o", str(target))

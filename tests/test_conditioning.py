@@ -10,6 +10,7 @@ from conftest import layer, solid
 from layercomposer.canvas import Canvas
 from layercomposer.conditioning import (
     ConditioningBuilder,
+    TokenRules,
     composite_on_fill,
     grid_ids,
     keep_mask,
@@ -63,6 +64,49 @@ def test_nearest_grid_samples_cell_centres():
     a[0, 0] = a[15, 15] = 1.0  # not centres: ignored
     assert nearest_grid(a).tolist() == [[1, 0, 0], [0, 0, 1]]
     assert keep_mask(a).sum() == 2
+
+
+# Under `cover` a cell is kept iff any of its pixels is > 0.5, so a box [x0, x1) x [y0, y1) keeps
+# #{c : [16c, 16c + 16) meets [x0, x1)} x #{r : [16r, 16r + 16) meets [y0, y1)} tokens.
+@pytest.mark.parametrize(
+    ("w", "h", "x", "y", "expected"),
+    [
+        (32, 48, 16, 32, 2 * 3),  # aligned: the same cells as under centre
+        (30, 30, 10, 10, 3 * 3),  # [10, 40) meets cells 0, 1, 2 (centre keeps 1)
+        (15, 15, 9, 9, 2 * 2),  # [9, 24) meets cells 0 and 1 (centre keeps none)
+        (1, 1, 127, 127, 1),  # one pixel in the last cell
+        (40, 40, -20, -20, 2 * 2),  # partly off-canvas: [0, 20) meets cells 0 and 1
+    ],
+)
+def test_cover_rule_keeps_every_cell_a_layer_touches(w, h, x, y, expected):
+    c = Canvas(128, 128, [layer("a", solid(w, h), x=x, y=y)])
+    plan = ConditioningBuilder(prune="cover").plan(c)
+    assert plan.groups[0].tokens == expected
+    assert plan.groups[0].coverage == expected / 64
+    assert token_stats(c, rules=TokenRules(prune="cover"))["total"] == expected
+
+
+def test_cover_rule_threshold_and_rule_changes():
+    a = np.zeros((32, 48), np.float32)
+    a[0, 0] = 0.51  # a corner pixel of cell (0, 0)
+    a[31, 20] = 0.5  # cell (1, 1): not above one half
+    assert keep_mask(a, "cover").tolist() == [[True, False, False], [False, False, False]]
+    assert not keep_mask(a, "centre").any()
+    with pytest.raises(LayerComposerError, match="prune rule: one of centre, cover, got 'edge'"):
+        keep_mask(a, "edge")
+    with pytest.raises(LayerComposerError, match="prune_rule: one of centre, cover"):
+        ConditioningBuilder(prune="edge")
+    with pytest.raises(LayerComposerError, match="prune_rule: one of centre, cover"):
+        TokenRules.from_index({"prune_rule": 3})
+    with pytest.raises(LayerComposerError, match="merge_locked_layers must be true or false"):
+        TokenRules.from_index({"merge_locked_layers": "yes"})
+    assert TokenRules.from_index({}) == TokenRules(False, "centre")
+    # Changing a builder's rule drops what it cached under the old one.
+    c = Canvas(64, 64, [layer("a", solid(15, 15), x=9, y=9)])
+    builder = ConditioningBuilder()
+    assert builder.plan(c).total == 0
+    builder.prune = "cover"
+    assert builder.plan(c).total == 4 and builder.rules == TokenRules(False, "cover")
 
 
 def test_ids_for_a_mix_of_locked_and_unlocked_layers():
@@ -168,7 +212,7 @@ def test_merged_locked_layers_are_one_group_of_their_flattened_picture():
     moved.layers[2].y = 16
     builder.build(moved)
     assert len(seen) == 5
-    assert token_stats(c, merge_locked=True)["layers"][0]["name"] == "bg + B"
+    assert token_stats(c, rules=TokenRules(merge_locked=True))["layers"][0]["name"] == "bg + B"
     # Without locked layers nothing changes; the collage mode ignores the flag.
     free = Canvas(64, 64, [layer("A", solid(16, 16))])
     assert builder.plan(free).as_dict() == ConditioningBuilder().plan(free).as_dict()

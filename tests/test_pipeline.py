@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import layer, solid
 from layercomposer.canvas import Canvas
+from layercomposer.conditioning import TokenRules
 from layercomposer.errors import LayerComposerError, ModelError
 from layercomposer.pipeline import LayerComposerPipeline, pack_latents, unpack_latents
 
@@ -271,7 +273,7 @@ def test_merge_locked_is_a_property_of_the_saved_model(tiny_pipe, tmp_path):
     from layercomposer.pipeline import LayerComposerPipeline
 
     pipe = LayerComposerPipeline(tiny_pipe.transformer, tiny_pipe.vae, tiny_pipe.text_encoder, tiny_pipe.schedule,
-                                 merge_locked=True)
+                                 rules=TokenRules(merge_locked=True))
     canvas = six_layer_canvas(5)  # bg, s2 and s4 locked; s1, s3 unlocked
     result = pipe.generate(canvas, num_inference_steps=1)
     assert [(g.name, g.index) for g in result.plan.groups] == [("bg + s2 + s4", 0), ("s1", 1), ("s3", 2)]
@@ -281,4 +283,25 @@ def test_merge_locked_is_a_property_of_the_saved_model(tiny_pipe, tmp_path):
     index = json.loads((tmp_path / "m" / "model_index.json").read_text())
     (tmp_path / "m" / "model_index.json").write_text(json.dumps({**index, "merge_locked_layers": "yes"}))
     with pytest.raises(ModelError, match="merge_locked_layers must be true or false"):
+        LayerComposerPipeline.from_pretrained(tmp_path / "m")
+
+
+def test_pruning_rule_is_a_property_of_the_saved_model(tiny_pipe, tmp_path):
+    import json
+
+    from layercomposer.canvas import Layer, LayerImage
+
+    pipe = LayerComposerPipeline(tiny_pipe.transformer, tiny_pipe.vae, tiny_pipe.text_encoder, tiny_pipe.schedule,
+                                 rules=TokenRules(prune="cover"))
+    # A 15 x 15 layer at (9, 9) holds no cell centre (8 < 9, 24 is not < 24) but touches four cells.
+    square = LayerImage.from_pil(Image.new("RGBA", (15, 15), (200, 30, 30, 255)))
+    canvas = Canvas(64, 64, [Layer(name="a", image=square, x=9, y=9, locked=True)])
+    assert pipe.generate(canvas, num_inference_steps=1).plan.total == 4
+    assert tiny_pipe.generate(canvas, num_inference_steps=1).plan.total == 0
+    pipe.save_pretrained(tmp_path / "m")
+    index = json.loads((tmp_path / "m" / "model_index.json").read_text())
+    assert index["prune_rule"] == "cover" and index["merge_locked_layers"] is False
+    assert LayerComposerPipeline.from_pretrained(tmp_path / "m").rules == TokenRules(False, "cover")
+    (tmp_path / "m" / "model_index.json").write_text(json.dumps({**index, "prune_rule": "edges"}))
+    with pytest.raises(ModelError, match=r"model_index.json: prune_rule: one of centre, cover, got 'edges'"):
         LayerComposerPipeline.from_pretrained(tmp_path / "m")

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from layercomposer.conditioning import TokenRules
 from layercomposer.server.app import ServerSettings, create_app
 
 
@@ -96,7 +97,8 @@ def test_token_statistics_match_the_cli_rule(client):
 def test_token_statistics_follow_a_model_with_merged_locked_layers(tmp_path, pipe):
     from layercomposer.pipeline import LayerComposerPipeline
 
-    merged = LayerComposerPipeline(pipe.transformer, pipe.vae, pipe.text_encoder, pipe.schedule, merge_locked=True)
+    merged = LayerComposerPipeline(pipe.transformer, pipe.vae, pipe.text_encoder, pipe.schedule,
+                                   rules=TokenRules(merge_locked=True))
     merged.save_pretrained(tmp_path / "model")
     settings = ServerSettings(model=str(tmp_path / "model"), outputs=tmp_path / "outputs")
     with TestClient(create_app(settings, load_pipeline=lambda: merged)) as c:
@@ -106,6 +108,21 @@ def test_token_statistics_follow_a_model_with_merged_locked_layers(tmp_path, pip
         stats = c.post("/api/tokens", json={"canvas": canvas_doc(info["id"], layers=layers)}).json()
     # a covers cells (0..1, 0..1), b (1..2, 1..2): merged, one locked group of their union, 7 cells
     assert [(g["name"], g["tokens"]) for g in stats["layers"]] == [("a + b", 7)] and stats["total"] == 7
+
+
+def test_token_statistics_follow_a_models_pruning_rule(tmp_path, pipe):
+    from layercomposer.pipeline import LayerComposerPipeline
+
+    cover = LayerComposerPipeline(pipe.transformer, pipe.vae, pipe.text_encoder, pipe.schedule,
+                                  rules=TokenRules(prune="cover"))
+    cover.save_pretrained(tmp_path / "model")
+    settings = ServerSettings(model=str(tmp_path / "model"), outputs=tmp_path / "outputs")
+    with TestClient(create_app(settings, load_pipeline=lambda: cover)) as c:
+        info = upload(c, png(32, 32))
+        layers = [{"name": "a", "image": info["id"], "x": 20, "y": 20}]
+        stats = c.post("/api/tokens", json={"canvas": canvas_doc(info["id"], layers=layers)}).json()
+    # [20, 52) meets cells 1, 2 and 3 each way (it holds only centres 24 and 40: 4 under DESIGN's rule).
+    assert stats["layers"][0]["tokens"] == 9 and stats["total"] == 9
 
 
 def test_job_end_to_end_with_event_stream(client):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from layercomposer.canvas import Layer, LayerImage
+from layercomposer.conditioning import TokenRules
 from layercomposer.data.scenes import SceneError, SceneSet, load_scene
 from layercomposer.models.attention import use_stock_attention
 from layercomposer.training.batch import SampleEncoder, collate, flow_loss, guidance_vector
@@ -454,7 +455,7 @@ def test_merged_locked_layers_train_export_and_are_inherited(scenes_dir, tmp_pat
     args = dict(seed=0, mode="layered", resolution=None, sampling=SamplingConfig())
     plain = pool_fingerprint(trainer.scenes, pipe.vae, **args)
     assert "merge_locked" not in plain
-    assert pool_fingerprint(trainer.scenes, pipe.vae, merge_locked=True, **args) != plain
+    assert pool_fingerprint(trainer.scenes, pipe.vae, rules=TokenRules(merge_locked=True), **args) != plain
     assert main(["train", "--data", "x", "--output", "y", "--mode", "collage", "--merge-locked"]) == 2
 
 
@@ -485,6 +486,29 @@ def test_aligned_unlocked_option_trains_on_its_own_pool_and_holds_out_the_papers
          "rotation_jitter", "brightness", "contrast", "saturation", "hue_degrees"])
     on = pool_fingerprint(trainer.scenes, trainer.pipe.vae, sampling=SamplingConfig(p_aligned_unlocked=0.3), **fp)
     assert on["sampling"]["p_aligned_unlocked"] == 0.3
+
+
+def test_cover_pruning_trains_exports_and_is_inherited(scenes_dir, tmp_path):
+    from layercomposer.cli import main
+    from layercomposer.pipeline import LayerComposerPipeline
+    from layercomposer.training.pool import pool_fingerprint
+    from layercomposer.training.train import train
+
+    trainer = train(_cfg(scenes_dir, tmp_path / "c", steps=1, save_every=1, prune="cover"), progress=False)
+    assert trainer.encoder.builder.prune == "cover" and trainer.rules == TokenRules(False, "cover")
+    assert LayerComposerPipeline.from_pretrained(tmp_path / "c" / "model").rules.prune == "cover"
+    assert main(["train-export", str(tmp_path / "c"), "-o", str(tmp_path / "c2")]) == 0
+    assert LayerComposerPipeline.from_pretrained(tmp_path / "c2").rules.prune == "cover"
+    kw = dict(model=str(tmp_path / "c" / "model"), steps=1, save_every=1)
+    assert train(_cfg(scenes_dir, tmp_path / "d", **kw), progress=False).rules.prune == "cover"
+    assert train(_cfg(scenes_dir, tmp_path / "e", prune="centre", **kw), progress=False).rules.prune == "centre"
+    args = dict(seed=0, mode="layered", resolution=None, sampling=SamplingConfig())
+    plain = pool_fingerprint(trainer.scenes, trainer.pipe.vae, **args)
+    assert "prune" not in plain and plain == pool_fingerprint(trainer.scenes, trainer.pipe.vae,
+                                                               rules=TokenRules(), **args)
+    assert pool_fingerprint(trainer.scenes, trainer.pipe.vae, rules=TokenRules(prune="cover"), **args)["prune"] \
+        == "cover"
+    assert main(["train", "--data", "x", "--output", "y", "--mode", "collage", "--prune", "cover"]) == 2
 
 
 def test_pool_cache_needs_a_pool():

@@ -66,8 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Count the conditioning tokens a canvas gives, per layer and per mode.")
     tok.add_argument("canvas", metavar="CANVAS")
     tok.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    tok.add_argument("--model", default=None,
+                     help="count as this model does (its merged locked layers and pruning rule, read from its "
+                     "model_index.json; no weights loaded); default: DESIGN's rules")
     tok.add_argument("--merge-locked", action="store_true",
                      help="count as a model with merged locked layers does (one group for all locked layers)")
+    tok.add_argument("--prune", choices=("centre", "cover"), default=None,
+                     help="pruning rule: centre (DESIGN: a cell is kept iff its centre pixel is opaque) or cover "
+                     "(iff any of its pixels is)")
     tok.set_defaults(func=cmd_tokens)
 
     flat = sub.add_parser("flatten", help="flatten a canvas into its rough collage",
@@ -394,10 +400,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_tokens(args: argparse.Namespace) -> int:
     from .canvas import load_canvas
-    from .conditioning import token_stats
+    from .conditioning import TokenRules, token_stats
 
+    rules = TokenRules()
+    if args.model:
+        from .models.registry import resolve_model, token_rules
+
+        resolve_model(args.model)  # a model that does not exist is an error here, not DESIGN's rules
+        rules = token_rules(args.model)
+    rules = TokenRules(args.merge_locked or rules.merge_locked, args.prune or rules.prune)
     canvas = load_canvas(args.canvas)
-    stats = token_stats(canvas, merge_locked=args.merge_locked)
+    stats = token_stats(canvas, rules=rules)
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0

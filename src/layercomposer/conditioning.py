@@ -14,6 +14,11 @@ layers stay one group each. Locked layers are pinned to the picture being genera
 hides under another locked layer can never show; merging drops only that, and leaves one locked token per
 cell instead of several tokens with the same id (a background and the characters in front of it), whose
 order the model could only guess from their content. A model is trained one way and run the same way.
+
+Pruning rule (`prune`, also a property of a model): DESIGN's `centre` keeps a cell iff the alpha sampled at
+its centre pixel is > 0.5. `cover` keeps a cell iff any of its pixels has alpha > 0.5, so a layer's edge
+cells enter too: at 256 px a small character loses about a third of its pixels to `centre`, and a model
+can only guess what it was not shown (docs/TRAINING.md measures it). Cost still follows visible area.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ Mode = Literal["layered", "unpruned", "collage"]
 MODES: tuple[Mode, ...] = ("layered", "unpruned", "collage")
 ALPHA_THRESHOLD = 0.5
 """A token is kept iff the alpha sampled for its grid cell is > 0.5 (strictly)."""
+PruneRule = Literal["centre", "cover"]
+PRUNE_RULES: tuple[PruneRule, ...] = ("centre", "cover")
 
 FILL_VALUE = 0.5
 """Fill colour (grey, per channel in [0, 1]) behind transparent pixels; 0 in the VAE's [-1, 1] input."""
@@ -57,9 +64,46 @@ def nearest_grid(alpha: np.ndarray) -> np.ndarray:
     return alpha[half::TOKEN_PX, half::TOKEN_PX]
 
 
-def keep_mask(alpha: np.ndarray) -> np.ndarray:
-    """Transparent latent pruning: True where the grid-resized alpha is > 0.5."""
-    return nearest_grid(alpha) > ALPHA_THRESHOLD
+def cell_max(alpha: np.ndarray) -> np.ndarray:
+    """The largest value of an (H, W) map within each 16x16 cell of the token grid."""
+    h, w = alpha.shape
+    if h % TOKEN_PX or w % TOKEN_PX:
+        raise ValueError(f"alpha map {w}x{h} is not a multiple of {TOKEN_PX}")
+    return alpha.reshape(h // TOKEN_PX, TOKEN_PX, w // TOKEN_PX, TOKEN_PX).max(axis=(1, 3))
+
+
+def keep_mask(alpha: np.ndarray, rule: PruneRule = "centre") -> np.ndarray:
+    """Transparent latent pruning: True where the cell's centre pixel (`centre`, DESIGN's rule) or any of its
+    pixels (`cover`) has alpha > 0.5."""
+    if rule == "centre":
+        return nearest_grid(alpha) > ALPHA_THRESHOLD
+    if rule == "cover":
+        return cell_max(alpha) > ALPHA_THRESHOLD
+    raise LayerComposerError(f"prune rule: one of {', '.join(PRUNE_RULES)}, got {rule!r}")
+
+
+@dataclass(frozen=True)
+class TokenRules:
+    """How a model turns canvases into tokens where it departs from DESIGN's defaults (module docstring).
+    A model is trained under its rules and keeps them in its model_index.json."""
+
+    merge_locked: bool = False
+    prune: PruneRule = "centre"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.merge_locked, bool):
+            raise LayerComposerError(f"merge_locked_layers must be true or false, got {self.merge_locked!r}")
+        if self.prune not in PRUNE_RULES:
+            raise LayerComposerError(f"prune_rule: one of {', '.join(PRUNE_RULES)}, got {self.prune!r}")
+
+    def index_fields(self) -> dict[str, Any]:
+        """The model_index.json entries."""
+        return {"merge_locked_layers": self.merge_locked, "prune_rule": self.prune}
+
+    @classmethod
+    def from_index(cls, index: dict[str, Any]) -> TokenRules:
+        """Read from a model_index.json (missing entries: DESIGN's defaults); bad values raise."""
+        return cls(index.get("merge_locked_layers", False), index.get("prune_rule", "centre"))
 
 
 def composite_on_fill(rgba: Image.Image) -> np.ndarray:
@@ -86,7 +130,7 @@ class TokenGroup:
     keep: np.ndarray
     """(rows, cols) bool: which grid cells enter the sequence."""
     coverage: float
-    """Share of the grid whose sampled alpha is > 0.5 (independent of the mode)."""
+    """Share of the grid kept under the pruning rule (independent of the mode)."""
     key: tuple[Any, ...] = field(repr=False)
     """Cache key: content and transform of what is encoded."""
     kind: str = "subject"
@@ -159,7 +203,7 @@ def flatten_layers(canvas: Canvas, layers: list[Layer]) -> Image.Image:
 
 @dataclass
 class _Entry:
-    keep_full: np.ndarray  # (rows, cols) bool, alpha > 0.5
+    keep_full: np.ndarray  # (rows, cols) bool, kept under the builder's pruning rule
     image: Image.Image | None  # rendered RGBA at generation size, dropped once encoded
     tokens: torch.Tensor | None = None  # (rows*cols, D) packed latents
 
@@ -172,10 +216,11 @@ class ConditioningBuilder:
     """
 
     def __init__(self, encoder: TokenEncoder | None = None, max_entries: int = 64, encode_batch: int = 1,
-                 merge_locked: bool = False) -> None:
+                 merge_locked: bool = False, prune: PruneRule = "centre") -> None:
         self.encoder = encoder
         self.merge_locked = merge_locked
         """Locked layers as one flattened group (module docstring); the model decides, not the user."""
+        self._prune: PruneRule = TokenRules(prune=prune).prune
         self.max_entries = max_entries
         self.encode_batch = max(1, encode_batch)
         """Pictures encoded together in one VAE call. Batching is faster (the trainer uses 8), but a
@@ -185,6 +230,20 @@ class ConditioningBuilder:
         self.encode_calls = 0
         """Pictures encoded so far (layers, collages, locked pictures), whatever the batching."""
         self._cache: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
+
+    @property
+    def prune(self) -> PruneRule:
+        """The pruning rule (module docstring); the model decides, not the user."""
+        return self._prune
+
+    @prune.setter
+    def prune(self, rule: PruneRule) -> None:
+        self._prune = TokenRules(prune=rule).prune
+        self.clear()  # cached entries hold kept cells under the old rule
+
+    @property
+    def rules(self) -> TokenRules:
+        return TokenRules(self.merge_locked, self._prune)
 
     def clear(self) -> None:
         self._cache.clear()
@@ -242,7 +301,8 @@ class ConditioningBuilder:
     def _entry(self, key: tuple[Any, ...], render: Callable[[], Image.Image]) -> _Entry:
         def make() -> _Entry:
             image = render()
-            return _Entry(keep_full=keep_mask(np.asarray(image.getchannel("A"), np.float32) / 255.0), image=image)
+            alpha = np.asarray(image.getchannel("A"), np.float32) / 255.0
+            return _Entry(keep_full=keep_mask(alpha, self._prune), image=image)
 
         return self._cached(key, make)
 
@@ -383,6 +443,7 @@ def grid_ids(rows: int, cols: int, index: int = 0) -> np.ndarray:
     return np.stack([np.full(rows * cols, index), r.reshape(-1), c.reshape(-1)], axis=1).astype(np.int64)
 
 
-def token_stats(canvas: Canvas, mode: Mode = "layered", merge_locked: bool = False) -> dict[str, Any]:
+def token_stats(canvas: Canvas, mode: Mode = "layered", rules: TokenRules | None = None) -> dict[str, Any]:
     """The statistics of `layercomposer tokens` for a canvas (renders the layers, no model)."""
-    return ConditioningBuilder(merge_locked=merge_locked).plan(canvas, mode).as_dict()
+    rules = rules or TokenRules()
+    return ConditioningBuilder(merge_locked=rules.merge_locked, prune=rules.prune).plan(canvas, mode).as_dict()

@@ -23,6 +23,7 @@ from .conditioning import (
     ConditioningBuilder,
     Mode,
     TokenPlan,
+    TokenRules,
     grid_ids,
 )
 from .errors import LayerComposerError, ModelError
@@ -90,7 +91,7 @@ class LayerComposerPipeline:
         guidance_scale: float = 2.5,
         default_steps: int = 28,
         name: str | None = None,
-        merge_locked: bool = False,
+        rules: TokenRules | None = None,
     ) -> None:
         self.transformer = transformer.eval().requires_grad_(False)
         self.vae = vae.eval().requires_grad_(False)
@@ -105,7 +106,9 @@ class LayerComposerPipeline:
                 f"transformer in_channels {transformer.config.in_channels} does not match 4 x the VAE's "
                 f"{latent_channels} latent channels"
             )
-        self.conditioning = ConditioningBuilder(self._encode_pixels, merge_locked=merge_locked)
+        rules = rules or TokenRules()
+        self.conditioning = ConditioningBuilder(self._encode_pixels, merge_locked=rules.merge_locked,
+                                                prune=rules.prune)
         self._prompt_cache: OrderedDict[str, TextEmbeddings] = OrderedDict()
         self._execution_device: torch.device | None = None
 
@@ -113,6 +116,11 @@ class LayerComposerPipeline:
     def merge_locked(self) -> bool:
         """Whether this model sees the locked layers flattened into one group (see `conditioning`)."""
         return self.conditioning.merge_locked
+
+    @property
+    def rules(self) -> TokenRules:
+        """How this model turns canvases into tokens (merged locked layers, pruning rule)."""
+        return self.conditioning.rules
 
     # -- construction --------------------------------------------------------------------------------------
 
@@ -164,13 +172,13 @@ class LayerComposerPipeline:
             text_encoder = _TEXT_ENCODERS[kind].from_pretrained(root)
         except (OSError, ValueError) as exc:
             raise ModelError(f"{root}: cannot load weights ({str(exc).splitlines()[0]})") from None
-        merge_locked = index.get("merge_locked_layers", False)
-        if not isinstance(merge_locked, bool):
-            raise ModelError(f"{root}/model_index.json: merge_locked_layers must be true or false, "
-                             f"got {merge_locked!r}")
+        try:
+            rules = TokenRules.from_index(index)
+        except LayerComposerError as exc:
+            raise ModelError(f"{root}/model_index.json: {exc}") from None
         schedule = FlowSchedule.load(root / "scheduler" / "scheduler_config.json")
         return cls(transformer, vae, text_encoder, schedule, float(index.get("guidance_scale", 2.5)),
-                   int(index.get("default_steps", 28)), name=index.get("name", root.name), merge_locked=merge_locked)
+                   int(index.get("default_steps", 28)), name=index.get("name", root.name), rules=rules)
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write safetensors weights and configs in diffusers' per-component layout."""
@@ -188,7 +196,7 @@ class LayerComposerPipeline:
             "text_encoder_kind": self.text_encoder.kind,
             "guidance_scale": self.guidance_scale,
             "default_steps": self.default_steps,
-            "merge_locked_layers": self.merge_locked,
+            **self.rules.index_fields(),
         }
         # model_index.json last: a directory without it is not a model, so a crash leaves no half model.
         (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")

@@ -10,7 +10,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import ModelError
+from ..conditioning import TokenRules
+from ..errors import LayerComposerError, ModelError
 from ..flow import FlowSchedule
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -151,17 +152,17 @@ def resolve_model(model: str | Path) -> ModelConfig | Path:
     raise ModelError(f"unknown model {str(model)!r}: use one of {', '.join(model_choices())} or a model directory")
 
 
-def merges_locked(model: str | Path) -> bool:
-    """Whether `model` sees its locked layers merged (model_index.json `merge_locked_layers`), read without
-    loading weights; False for registered configs and for anything that does not resolve (loading it
-    reports that)."""
+def token_rules(model: str | Path) -> TokenRules:
+    """How `model` turns canvases into tokens (model_index.json `merge_locked_layers`, `prune_rule`), read
+    without loading weights; DESIGN's defaults for registered configs and for anything that does not resolve
+    or read (loading it reports that)."""
     try:
         resolved = resolve_model(model)
         if isinstance(resolved, ModelConfig):
-            return False
-        return json.loads((resolved / "model_index.json").read_text()).get("merge_locked_layers") is True
-    except (ModelError, OSError, ValueError):
-        return False
+            return TokenRules()
+        return TokenRules.from_index(json.loads((resolved / "model_index.json").read_text()))
+    except (LayerComposerError, OSError, ValueError):
+        return TokenRules()
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -31,7 +31,7 @@ from .. import __version__
 from ..canvas import Canvas, LayerImage, canvas_from_dict, canvas_to_dict, load_bundle, save_bundle_bytes
 from ..conditioning import ConditioningBuilder
 from ..errors import LayerComposerError
-from ..models.registry import merges_locked
+from ..models.registry import token_rules
 from .cutouts import CutoutFailed, cut_out
 from .jobs import JOB_ID_PATTERN, JobManager, JobSettings, QueueFull
 from .store import ImageStore
@@ -175,8 +175,9 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
 
     jobs = JobManager(load_pipeline or default_loader, outputs, settings.max_queue, settings.preview_every,
                       load_refine=refine_loader if settings.refine_model else None)
-    # The token budget counts as the server's model sees the canvas (merged locked layers or not).
-    planner = ConditioningBuilder(max_entries=256, merge_locked=merges_locked(settings.model))
+    # The token budget counts as the server's model sees the canvas (merged locked layers, pruning rule).
+    rules = token_rules(settings.model)
+    planner = ConditioningBuilder(max_entries=256, merge_locked=rules.merge_locked, prune=rules.prune)
     planner_lock = threading.Lock()
     library_cache: dict[str, bytes] = {}
     # One worker of its own: cut-outs never wait for (or hold up) the generation worker, and run one at a time

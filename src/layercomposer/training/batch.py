@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..conditioning import ConditioningBuilder, Mode, grid_ids
+from ..conditioning import ConditioningBuilder, Mode, TokenRules, grid_ids
 from ..flow import add_noise, velocity_target
 from ..models.attention import sample_rotary
 from ..models.text import TextEmbeddings
@@ -69,12 +69,13 @@ class SampleEncoder:
 
     def __init__(self, encode_pixels: Callable[[torch.Tensor], torch.Tensor], mode: Mode = "layered",
                  max_cached_layers: int = 65536, max_cached_targets: int = 65536, encode_batch: int = 8,
-                 merge_locked: bool = False) -> None:
+                 rules: TokenRules | None = None) -> None:
         self.encode_pixels = encode_pixels
         self.mode = mode
         self.encode_batch = max(1, encode_batch)
+        rules = rules or TokenRules()
         self.builder = ConditioningBuilder(encode_pixels, max_entries=max_cached_layers, encode_batch=encode_batch,
-                                           merge_locked=merge_locked)
+                                           merge_locked=rules.merge_locked, prune=rules.prune)
         self.max_cached_targets = max_cached_targets
         self._targets: OrderedDict[tuple[str, int, int, int], torch.Tensor] = OrderedDict()
 

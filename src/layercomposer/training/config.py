@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..conditioning import MODES
+from ..conditioning import MODES, PRUNE_RULES
 from ..errors import LayerComposerError
 from .sampling import SamplingConfig
 
@@ -23,6 +23,9 @@ class TrainConfig:
     merge_locked: bool | None = None
     """Locked layers flattened into one token group (conditioning's module docstring); None: as the base
     model was trained (False for a registered config or a FLUX folder). Written into the exported model."""
+    prune: str | None = None
+    """Pruning rule, `centre` (DESIGN) or `cover` (conditioning's module docstring); None: as the base model
+    was trained. Written into the exported model."""
     steps: int = 1000
     batch_size: int = 4
     grad_accum: int = 1
@@ -88,6 +91,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="chance that an unlocked subject is the target's own, in place, colours jittered, "
                         "instead of one from another picture (0: the paper's sampling); teaches copying from "
                         "unlocked layers. The held-out loss always uses the paper's sampling")
+    parser.add_argument("--prune", default=None, choices=PRUNE_RULES,
+                        help="which grid cells of a layer become tokens: centre (DESIGN: the cell's centre pixel "
+                        "is opaque) or cover (any pixel of the cell is); default: as the base model was trained; "
+                        "the exported model remembers it")
     parser.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per micro-batch per process")
     parser.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
@@ -139,6 +146,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise LayerComposerError(f"--sample-pool: must be 0 or positive, got {cfg.sample_pool}")
     if cfg.merge_locked and cfg.mode == "collage":
         raise LayerComposerError("--merge-locked: the collage mode has no separate layers to merge")
+    if cfg.prune and cfg.mode == "collage":
+        raise LayerComposerError("--prune: the collage mode keeps every cell of its one opaque picture")
     if cfg.pool_cache and not cfg.sample_pool:
         raise LayerComposerError("--pool-cache: needs --sample-pool (it stores the pool's encoded canvases)")
     if not (cfg.ema_decay == 0 or 0 < cfg.ema_decay < 1):

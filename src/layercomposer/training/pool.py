@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from ..canvas import write_atomic
+from ..conditioning import TokenRules
 from ..data.scenes import SceneSet
 from .batch import EncodedSample
 from .sampling import SamplingConfig
@@ -48,15 +49,17 @@ def module_signature(module: torch.nn.Module) -> str:
 
 
 def pool_fingerprint(scenes: SceneSet, vae: torch.nn.Module, *, seed: int, mode: str, resolution: int | None,
-                     sampling: SamplingConfig, merge_locked: bool = False) -> dict[str, Any]:
-    """Everything sample u of a pool depends on (merged locked layers and aligned unlocked subjects only named
-    when on, so the caches of runs without them keep their fingerprint)."""
+                     sampling: SamplingConfig, rules: TokenRules | None = None) -> dict[str, Any]:
+    """Everything sample u of a pool depends on (merged locked layers, the cover pruning rule and aligned
+    unlocked subjects only named when on, so the caches of runs without them keep their fingerprint)."""
+    rules = rules or TokenRules()
     settings = asdict(sampling)
     if not settings["p_aligned_unlocked"]:
         del settings["p_aligned_unlocked"]
     return {"format": 1, "data": data_signature(scenes), "vae": module_signature(vae), "seed": seed,
             "mode": mode, "resolution": resolution, "sampling": settings,
-            **({"merge_locked": True} if merge_locked else {})}
+            **({"merge_locked": True} if rules.merge_locked else {}),
+            **({"prune": rules.prune} if rules.prune != "centre" else {})}
 
 
 class PoolCache:

@@ -70,7 +70,10 @@ class Trainer:
             pipe.vae.eval().requires_grad_(False)
         if cfg.merge_locked is not None:
             pipe.conditioning.merge_locked = cfg.merge_locked
-        self.merge_locked = pipe.merge_locked
+        if cfg.prune is not None:
+            pipe.conditioning.prune = cfg.prune
+        self.rules = pipe.rules
+        self.merge_locked = self.rules.merge_locked
         self.pipe = pipe
         transformer = pipe.transformer
         use_padded_batch_attention(transformer)
@@ -113,13 +116,13 @@ class Trainer:
         small = 4096 if cfg.sample_pool else 65536
         self.encoder = SampleEncoder(pipe._encode_pixels, mode=cfg.mode,  # type: ignore[arg-type]
                                      max_cached_layers=small, max_cached_targets=small,
-                                     merge_locked=self.merge_locked)
+                                     rules=self.rules)
         self._pool: dict[int, EncodedSample] = {}
         self.pool_cache: PoolCache | None = None
         if cfg.sample_pool and cfg.pool_cache:
             self.pool_cache = PoolCache(cfg.pool_cache, pool_fingerprint(
                 self.scenes, pipe.vae, seed=cfg.seed, mode=cfg.mode, resolution=cfg.resolution,
-                sampling=cfg.sampling, merge_locked=self.merge_locked))
+                sampling=cfg.sampling, rules=self.rules))
         self.pool_counts = {"encoded": 0, "loaded": 0}
         self.eval_batches = self._eval_batches() if cfg.eval_data else []
         self._text_cache: dict[str, TextEmbeddings] = {}
@@ -311,7 +314,7 @@ class Trainer:
             te.model = self.accelerator.unwrap_model(self.text_model)
         use_stock_attention(transformer)  # inference (batch 1) uses diffusers' stock processor
         pipe = LayerComposerPipeline(transformer, self.pipe.vae, te, self.pipe.schedule, self.pipe.guidance_scale,
-                                     self.pipe.default_steps, name=self.pipe.name, merge_locked=self.merge_locked)
+                                     self.pipe.default_steps, name=self.pipe.name, rules=self.rules)
         from diffusers.utils import logging as diffusers_logging
 
         dtype = getattr(torch, self.cfg.export_dtype)
@@ -453,6 +456,8 @@ def export_checkpoint(run: str | Path, out: str | Path, step: int | None = None,
         copy_into(modules, load_file(ckpt / EMA_FILE))
     if cfg.get("merge_locked") is not None:  # else the base model's own, as in training
         pipe.conditioning.merge_locked = bool(cfg["merge_locked"])
+    if cfg.get("prune") is not None:
+        pipe.conditioning.prune = cfg["prune"]
     pipe.name = name or out.name
     if guidance_scale is not None:
         pipe.guidance_scale = float(guidance_scale)  # the default `generate` uses
