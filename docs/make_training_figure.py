@@ -1,12 +1,13 @@
-"""Make docs/figures/demo-training.png: held-out loss of the shipped demo models over the three training stages.
+"""Make docs/figures/demo-training.png: held-out loss of the shipped demo models over the four training stages.
 
     python docs/make_training_figure.py
 
 Stage 1 (steps 0-2000, no EMA) is the run of 2026-11-23, whose metrics were not kept: its held-out losses are
 the ones recorded in docs/TRAINING.md. Stage 2 (steps 2000-4250, EMA 0.999, sample pool) reads
-docs/results/training/*-continued.jsonl, the runs' own metrics files. Stage 3 (steps 4250-5250) reads
-*-stage3.jsonl: the layered model with merged locked layers (shipped), the same run without merging (the
-control, not shipped) and the collage model.
+docs/results/training/*-continued.jsonl, the runs' own metrics files; stage 3 (4250-5250) *-stage3.jsonl
+(the layered model with merged locked layers), stage 4 (5250-6000) *-stage4.jsonl (aligned unlocked
+subjects and cover pruning). The layered runs that were tried beside a shipped one and not shipped (the
+controls) are drawn dashed from where they started.
 """
 
 from __future__ import annotations
@@ -20,39 +21,47 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "training"
 STAGE1 = {  # step -> held-out loss (16 fixed samples), docs/TRAINING.md
     "demo": {250: 0.77, 1000: 0.458, 1500: 0.388, 2000: 0.338},
     "demo-collage": {250: 0.778, 1000: 0.454, 1500: 0.376, 2000: 0.345},
 }
-STAGE1_STEPS = 2000
-STAGE2_END = 4250
+STAGES = (("continued", 2000, "stage 2: EMA 0.999,\nsample pool 8000"), ("stage3", 4250, "stage 3"),
+          ("stage4", 5250, "stage 4"))
+CONTROLS = (  # file, the stage it belongs to, label
+    ("demo-stage3-separate", "stage3", "stage 3 control: locked layers separate"),
+    ("demo-stage4-control", "stage4", "stage 4 control: as stage 3"),
+    ("demo-stage4-aligned", "stage4", "stage 4: aligned unlocked only (centre pruning)"),
+)
+
+
+def held_out(path: Path, offset: int) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in path.open()]
+    return [(offset + r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
 
 
 def main() -> None:
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    ends: dict[str, tuple[int, float]] = {}  # each model's last stage-2 point, where stage 3 starts
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=120)
+    starts: dict[str, tuple[int, float]] = {}  # the shipped layered model's point where each stage starts
     for name, colour in (("demo", "#1f4e79"), ("demo-collage", "#c0504d")):
-        first = sorted(STAGE1[name].items())
-        rows = [json.loads(line) for line in (HERE / "results" / "training" / f"{name}-continued.jsonl").open()]
-        second = [(STAGE1_STEPS + r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
-        ends[name] = second[-1]
-        xs, ys = zip(*(first + second), strict=True)
-        label = "layered (demo)" if name == "demo" else "collage (demo-collage)"
-        stage3 = HERE / "results" / "training" / f"{name}-stage3.jsonl"
-        if stage3.is_file():
-            rows = [json.loads(line) for line in stage3.open()]
-            third = [(STAGE2_END + r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
-            xs, ys = zip(*(first + second + third), strict=True)
-        if name == "demo":
-            label += ", merged locked layers from step 4250"
+        points = sorted(STAGE1[name].items())
+        for stage, offset, _ in STAGES:
+            path = RESULTS / f"{name}-{stage}.jsonl"
+            if path.is_file():
+                if name == "demo":
+                    starts[stage] = points[-1]
+                points += held_out(path, offset)
+        xs, ys = zip(*points, strict=True)
+        label = ("layered (demo): merged locked layers from 4250, aligned unlocked + cover pruning from 5250"
+                 if name == "demo" else "collage (demo-collage)")
         ax.plot(xs, ys, "o-", color=colour, markersize=3, label=label)
-    control = HERE / "results" / "training" / "demo-stage3-separate.jsonl"
-    if control.is_file():
-        rows = [json.loads(line) for line in control.open()]
-        pts = [ends["demo"]] + [(STAGE2_END + r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
-        xs, ys = zip(*pts, strict=True)
-        ax.plot(xs, ys, "o--", color="#7f9fbf", markersize=3, label="layered, locked layers separate (control)")
-    for step, text in ((STAGE1_STEPS, "stage 2: EMA 0.999,\nsample pool 8000"), (STAGE2_END, "stage 3")):
+    offsets = {stage: offset for stage, offset, _ in STAGES}
+    for (file, stage, label), colour in zip(CONTROLS, ("#7f9fbf", "#9bbb59", "#f79646"), strict=True):
+        path = RESULTS / f"{file}.jsonl"
+        if path.is_file() and stage in starts:
+            xs, ys = zip(*[starts[stage], *held_out(path, offsets[stage])], strict=True)
+            ax.plot(xs, ys, "o--", color=colour, markersize=3, label=label)
+    for _, step, text in STAGES:
         ax.axvline(step, color="#999", linestyle="--", linewidth=0.8)
         ax.text(step + 40, 0.7, text, fontsize=8, color="#555")
     ax.set_xlabel("optimizer step (batch 8)")
@@ -60,7 +69,7 @@ def main() -> None:
     ax.set_yscale("log")
     ax.set_title("demo models: held-out loss, 2-core CPU")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="lower left", fontsize=7)
     fig.tight_layout()
     out = HERE / "figures" / "demo-training.png"
     fig.savefig(out)

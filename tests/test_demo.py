@@ -10,6 +10,7 @@ import pytest
 import layercomposer
 from layercomposer.canvas import load_canvas
 from layercomposer.cli import default_model, main
+from layercomposer.conditioning import TokenRules
 from layercomposer.models.registry import WEIGHTS_DIR, shipped_models
 from layercomposer.pipeline import LayerComposerPipeline
 
@@ -29,7 +30,8 @@ def test_shipped_model_loads_and_renders(name):
         pytest.fail(f"{name} is not in the installed package ({WEIGHTS_DIR})")
     pipe = LayerComposerPipeline.from_pretrained(name)
     assert pipe.name == name and pipe.text_encoder.kind == "clip"
-    assert pipe.merge_locked == (name == "demo")  # the layered demo was trained with merged locked layers
+    # The layered demo was trained with merged locked layers and cover pruning; the collage model prunes nothing.
+    assert pipe.rules == (TokenRules(True, "cover") if name == "demo" else TokenRules())
     canvas = load_canvas(EXAMPLES / "two-overlapping.json")
     mode = "collage" if name == "demo-collage" else "layered"
     image = pipe(canvas, num_inference_steps=3, seed=0, mode=mode)
