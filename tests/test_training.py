@@ -351,6 +351,40 @@ def test_resume_gives_the_same_next_loss(scenes_dir, tmp_path):
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-5)
 
 
+def test_lr_factor_warm_up_then_constant_linear_or_cosine():
+    from layercomposer.training.config import lr_factor
+
+    # 2 warm-up steps (0.5, 1.0), then 4 steps decaying over steps - warmup = 4.
+    assert [lr_factor(s, warmup=2, steps=6) for s in range(6)] == [0.5, 1, 1, 1, 1, 1]
+    assert [lr_factor(s, warmup=2, steps=6, schedule="linear") for s in range(6)] == [0.5, 1, 1, 0.75, 0.5, 0.25]
+    cosine = [lr_factor(s, warmup=2, steps=6, schedule="cosine") for s in range(6)]
+    assert cosine == pytest.approx([0.5, 1, 1, (1 + 2 ** -0.5) / 2, 0.5, (1 - 2 ** -0.5) / 2])
+    assert lr_factor(0, warmup=0, steps=4, schedule="linear") == 1.0
+
+
+def test_resume_of_a_decaying_schedule_gives_the_same_losses_and_rates(scenes_dir, tmp_path):
+    from layercomposer.cli import main
+    from layercomposer.training.metrics import read_metrics
+    from layercomposer.training.train import train
+
+    cfg = _cfg(scenes_dir, tmp_path / "straight", steps=5, save_every=3, warmup=1, lr_schedule="linear")
+    train(cfg, progress=False)
+    # A run killed after step 4: its last checkpoint is step 3, the log runs on to 4.
+    shutil.copytree(tmp_path / "straight", tmp_path / "killed")
+    shutil.rmtree(tmp_path / "killed" / "checkpoints" / "step-0000005")
+    shutil.rmtree(tmp_path / "killed" / "model")
+    train(replace(cfg, output=str(tmp_path / "killed")), progress=False)
+    a = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    b = read_metrics(tmp_path / "killed" / "metrics.jsonl")
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5]
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-5)
+    # The rate after each step: warm-up of 1 step, then 1 - (step - 1) / 4 for the next.
+    assert [r["lr"] / cfg.lr for r in b] == pytest.approx([1, 0.75, 0.5, 0.25, 0.0])
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "x", "--output", "y", "--lr-schedule", "step"])
+    assert main(["train", "--data", "x", "--output", "y", "--warmup", "-1"]) == 2
+
+
 def test_resume_with_a_sample_pool_and_ema_gives_the_same_losses_and_weights(scenes_dir, tmp_path):
     from safetensors.torch import load_file
 

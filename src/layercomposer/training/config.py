@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -31,6 +32,8 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 3e-4
     warmup: int = 100
+    lr_schedule: str = "constant"
+    """After the warm-up: `constant` (the paper), or `linear` / `cosine` decay to zero at the last step."""
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     lora_rank: int = 0
@@ -63,6 +66,25 @@ class TrainConfig:
     @property
     def run(self) -> Path:
         return Path(self.output)
+
+
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def lr_factor(step: int, *, warmup: int, steps: int, schedule: str = "constant") -> float:
+    """Multiplier of the base learning rate at optimizer step `step` (0-based): linear warm-up over `warmup`
+    steps to 1, then constant, or a linear / cosine decay that reaches 0 one step after the last."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    span = max(1, steps - warmup)
+    done = min(1.0, (step - warmup) / span)
+    if schedule == "linear":
+        return 1.0 - done
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * done))
+    raise LayerComposerError(f"lr schedule: one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
 
 
 KONTEXT_PRESET = {
@@ -99,7 +121,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per micro-batch per process")
     parser.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
     parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps, then constant")
+    parser.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps")
+    parser.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
+                        help="after the warm-up: constant (the paper), or a linear or cosine decay to zero by the "
+                        "last step (a cool-down, e.g. to finish training a model)")
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
     parser.add_argument("--lora-rank", type=int, default=0, help="LoRA rank on the attention projections; 0 = full")
     parser.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
@@ -142,6 +167,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig(**values, sampling=SamplingConfig(p_aligned_unlocked=aligned))
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
         raise LayerComposerError("--steps, --batch-size and --grad-accum must be positive")
+    if cfg.warmup < 0:
+        raise LayerComposerError(f"--warmup: must be 0 or positive, got {cfg.warmup}")
     if cfg.sample_pool < 0:
         raise LayerComposerError(f"--sample-pool: must be 0 or positive, got {cfg.sample_pool}")
     if cfg.merge_locked and cfg.mode == "collage":

@@ -31,7 +31,7 @@ from ..flow import sample_logit_normal
 from ..models.attention import use_padded_batch_attention, use_stock_attention
 from ..models.text import TextEmbeddings
 from .batch import Batch, EncodedSample, SampleEncoder, collate, flow_loss, guidance_vector
-from .config import TrainConfig, add_train_arguments, train_config_from_args
+from .config import TrainConfig, add_train_arguments, lr_factor, train_config_from_args
 from .ema import EMA_FILE, EmaWeights, copy_into
 from .metrics import MetricsLog, plot_loss_curve, read_metrics
 from .pool import PoolCache, pool_fingerprint
@@ -98,9 +98,10 @@ class Trainer:
             params += list(text_model.parameters())
         self.trainable = sum(p.numel() for p in params)
 
-        # 2. Optimizer: AdamW, linear warm-up then constant (the paper's constant learning rate).
+        # 2. Optimizer: AdamW, linear warm-up then constant (the paper's constant learning rate) or a decay.
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+            s, warmup=cfg.warmup, steps=cfg.steps, schedule=cfg.lr_schedule))
         prepared = self.accelerator.prepare(transformer, optimizer, schedule,
                                             *([text_model] if cfg.train_text_encoder else []))
         self.transformer, self.optimizer, self.schedule = prepared[:3]
