@@ -80,7 +80,7 @@ def test_nearest_grid_samples_cell_centres():
 )
 def test_cover_rule_keeps_every_cell_a_layer_touches(w, h, x, y, expected):
     c = Canvas(128, 128, [layer("a", solid(w, h), x=x, y=y)])
-    plan = ConditioningBuilder(prune="cover").plan(c)
+    plan = ConditioningBuilder(rules=TokenRules(prune="cover")).plan(c)
     assert plan.groups[0].tokens == expected
     assert plan.groups[0].coverage == expected / 64
     assert token_stats(c, rules=TokenRules(prune="cover"))["total"] == expected
@@ -95,7 +95,7 @@ def test_cover_rule_threshold_and_rule_changes():
     with pytest.raises(LayerComposerError, match="prune rule: one of centre, cover, got 'edge'"):
         keep_mask(a, "edge")
     with pytest.raises(LayerComposerError, match="prune_rule: one of centre, cover"):
-        ConditioningBuilder(prune="edge")
+        TokenRules(prune="edge")
     with pytest.raises(LayerComposerError, match="prune_rule: one of centre, cover"):
         TokenRules.from_index({"prune_rule": 3})
     with pytest.raises(LayerComposerError, match="merge_locked_layers must be true or false"):
@@ -105,7 +105,7 @@ def test_cover_rule_threshold_and_rule_changes():
     c = Canvas(64, 64, [layer("a", solid(15, 15), x=9, y=9)])
     builder = ConditioningBuilder()
     assert builder.plan(c).total == 0
-    builder.prune = "cover"
+    builder.rules = TokenRules(prune="cover")
     assert builder.plan(c).total == 4 and builder.rules == TokenRules(False, "cover")
 
 
@@ -193,7 +193,7 @@ def test_merged_locked_layers_are_one_group_of_their_flattened_picture():
         layer("E", solid(16, 16), x=48, y=16),
     ])
     seen: list = []
-    builder = ConditioningBuilder(encoder=_fake_free_encoder_counting(seen), merge_locked=True)
+    builder = ConditioningBuilder(encoder=_fake_free_encoder_counting(seen), rules=TokenRules(merge_locked=True))
     cond = builder.build(c, "layered")
     assert [(g.name, g.locked, g.index, g.tokens) for g in cond.plan.groups] == [
         ("bg + B", True, 0, 16), ("A", False, 1, 1), ("C", False, 2, 2), ("E", False, 3, 1)

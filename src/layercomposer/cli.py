@@ -31,6 +31,8 @@ def default_model() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .conditioning import MODES, PRUNE_RULES  # imported by the training flags below anyway
+
     parser = argparse.ArgumentParser(
         prog="layercomposer",
         description="Render a layered canvas (RGBA layers placed, scaled, rotated and locked) into one picture.",
@@ -48,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     gen.add_argument("--model", default=None,
                      help="model name (demo, demo-collage, tiny-random) or directory (default: demo)")
-    gen.add_argument("--mode", choices=("layered", "unpruned", "collage"), default="layered",
+    gen.add_argument("--mode", choices=MODES, default="layered",
                      help="conditioning: layered (pruned, default), unpruned, or collage (flattened)")
     gen.add_argument("--hard-lock", action="store_true",
                      help="also hold the latent pixels showing only locked layers to their latents while sampling "
@@ -71,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "model_index.json; no weights loaded); default: DESIGN's rules")
     tok.add_argument("--merge-locked", action="store_true",
                      help="count as a model with merged locked layers does (one group for all locked layers)")
-    tok.add_argument("--prune", choices=("centre", "cover"), default=None,
+    tok.add_argument("--prune", choices=PRUNE_RULES, default=None,
                      help="pruning rule: centre (DESIGN: a cell is kept iff its centre pixel is opaque) or cover "
                      "(iff any of its pixels is)")
     tok.set_defaults(func=cmd_tokens)

@@ -216,11 +216,9 @@ class ConditioningBuilder:
     """
 
     def __init__(self, encoder: TokenEncoder | None = None, max_entries: int = 64, encode_batch: int = 1,
-                 merge_locked: bool = False, prune: PruneRule = "centre") -> None:
+                 rules: TokenRules | None = None) -> None:
         self.encoder = encoder
-        self.merge_locked = merge_locked
-        """Locked layers as one flattened group (module docstring); the model decides, not the user."""
-        self._prune: PruneRule = TokenRules(prune=prune).prune
+        self._rules = rules or TokenRules()
         self.max_entries = max_entries
         self.encode_batch = max(1, encode_batch)
         """Pictures encoded together in one VAE call. Batching is faster (the trainer uses 8), but a
@@ -232,18 +230,23 @@ class ConditioningBuilder:
         self._cache: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
 
     @property
-    def prune(self) -> PruneRule:
-        """The pruning rule (module docstring); the model decides, not the user."""
-        return self._prune
+    def rules(self) -> TokenRules:
+        """Merged locked layers and the pruning rule (module docstring); the model decides, not the user."""
+        return self._rules
 
-    @prune.setter
-    def prune(self, rule: PruneRule) -> None:
-        self._prune = TokenRules(prune=rule).prune
-        self.clear()  # cached entries hold kept cells under the old rule
+    @rules.setter
+    def rules(self, rules: TokenRules) -> None:
+        if rules != self._rules:
+            self._rules = rules
+            self.clear()  # cached entries hold kept cells under the old pruning rule
 
     @property
-    def rules(self) -> TokenRules:
-        return TokenRules(self.merge_locked, self._prune)
+    def merge_locked(self) -> bool:
+        return self._rules.merge_locked
+
+    @property
+    def prune(self) -> PruneRule:
+        return self._rules.prune
 
     def clear(self) -> None:
         self._cache.clear()
@@ -302,7 +305,7 @@ class ConditioningBuilder:
         def make() -> _Entry:
             image = render()
             alpha = np.asarray(image.getchannel("A"), np.float32) / 255.0
-            return _Entry(keep_full=keep_mask(alpha, self._prune), image=image)
+            return _Entry(keep_full=keep_mask(alpha, self._rules.prune), image=image)
 
         return self._cached(key, make)
 
@@ -445,5 +448,4 @@ def grid_ids(rows: int, cols: int, index: int = 0) -> np.ndarray:
 
 def token_stats(canvas: Canvas, mode: Mode = "layered", rules: TokenRules | None = None) -> dict[str, Any]:
     """The statistics of `layercomposer tokens` for a canvas (renders the layers, no model)."""
-    rules = rules or TokenRules()
-    return ConditioningBuilder(merge_locked=rules.merge_locked, prune=rules.prune).plan(canvas, mode).as_dict()
+    return ConditioningBuilder(rules=rules).plan(canvas, mode).as_dict()

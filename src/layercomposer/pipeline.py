@@ -106,9 +106,7 @@ class LayerComposerPipeline:
                 f"transformer in_channels {transformer.config.in_channels} does not match 4 x the VAE's "
                 f"{latent_channels} latent channels"
             )
-        rules = rules or TokenRules()
-        self.conditioning = ConditioningBuilder(self._encode_pixels, merge_locked=rules.merge_locked,
-                                                prune=rules.prune)
+        self.conditioning = ConditioningBuilder(self._encode_pixels, rules=rules)
         self._prompt_cache: OrderedDict[str, TextEmbeddings] = OrderedDict()
         self._execution_device: torch.device | None = None
 

@@ -176,8 +176,7 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
     jobs = JobManager(load_pipeline or default_loader, outputs, settings.max_queue, settings.preview_every,
                       load_refine=refine_loader if settings.refine_model else None)
     # The token budget counts as the server's model sees the canvas (merged locked layers, pruning rule).
-    rules = token_rules(settings.model)
-    planner = ConditioningBuilder(max_entries=256, merge_locked=rules.merge_locked, prune=rules.prune)
+    planner = ConditioningBuilder(max_entries=256, rules=token_rules(settings.model))
     planner_lock = threading.Lock()
     library_cache: dict[str, bytes] = {}
     # One worker of its own: cut-outs never wait for (or hold up) the generation worker, and run one at a time

@@ -73,9 +73,8 @@ class SampleEncoder:
         self.encode_pixels = encode_pixels
         self.mode = mode
         self.encode_batch = max(1, encode_batch)
-        rules = rules or TokenRules()
         self.builder = ConditioningBuilder(encode_pixels, max_entries=max_cached_layers, encode_batch=encode_batch,
-                                           merge_locked=rules.merge_locked, prune=rules.prune)
+                                           rules=rules)
         self.max_cached_targets = max_cached_targets
         self._targets: OrderedDict[tuple[str, int, int, int], torch.Tensor] = OrderedDict()
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..conditioning import TokenRules
 from ..data.scenes import SceneSet
 from ..errors import LayerComposerError
 from ..flow import sample_logit_normal
@@ -36,6 +37,13 @@ from .ema import EMA_FILE, EmaWeights, copy_into
 from .metrics import MetricsLog, plot_loss_curve, read_metrics
 from .pool import PoolCache, pool_fingerprint
 from .sampling import TrainingSample, sample_training_canvas
+
+
+def run_rules(base: TokenRules, merge_locked: bool | None, prune: str | None) -> TokenRules:
+    """The token rules a run trains under: the base model's own, except where the run chose (None: inherit)."""
+    return TokenRules(base.merge_locked if merge_locked is None else bool(merge_locked),
+                      base.prune if prune is None else prune)  # type: ignore[arg-type]
+
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 """The attention projections of FLUX's double and single blocks (LoRA targets, as in the paper)."""
@@ -68,10 +76,7 @@ class Trainer:
         if cfg.vae:
             pipe.vae = AutoencoderKL.from_pretrained(cfg.vae, use_safetensors=True, torch_dtype=torch.float32)
             pipe.vae.eval().requires_grad_(False)
-        if cfg.merge_locked is not None:
-            pipe.conditioning.merge_locked = cfg.merge_locked
-        if cfg.prune is not None:
-            pipe.conditioning.prune = cfg.prune
+        pipe.conditioning.rules = run_rules(pipe.rules, cfg.merge_locked, cfg.prune)
         self.rules = pipe.rules
         self.merge_locked = self.rules.merge_locked
         self.pipe = pipe
@@ -455,10 +460,7 @@ def export_checkpoint(run: str | Path, out: str | Path, step: int | None = None,
         if getattr(pipe.text_encoder, "model", None) is not None:
             modules["text_encoder"] = pipe.text_encoder.model
         copy_into(modules, load_file(ckpt / EMA_FILE))
-    if cfg.get("merge_locked") is not None:  # else the base model's own, as in training
-        pipe.conditioning.merge_locked = bool(cfg["merge_locked"])
-    if cfg.get("prune") is not None:
-        pipe.conditioning.prune = cfg["prune"]
+    pipe.conditioning.rules = run_rules(pipe.rules, cfg.get("merge_locked"), cfg.get("prune"))
     pipe.name = name or out.name
     if guidance_scale is not None:
         pipe.guidance_scale = float(guidance_scale)  # the default `generate` uses
