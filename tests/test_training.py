@@ -584,24 +584,35 @@ def test_lora_save_and_load_round_trip(scenes_dir, tmp_path):
 
 
 def test_accelerate_launch_with_two_processes(scenes_dir, tmp_path):
-    """The real launcher, two CPU processes (gloo DDP): the run completes, checkpoints and exports once."""
+    """The real launcher, two CPU processes (gloo DDP): the run completes, checkpoints and exports once, and
+    the learning rate follows optimizer steps as with one process (accelerate steps a scheduler per process).
+    `--cpu` alone would start one process: torchrun (`--multi_gpu`) with ACCELERATE_USE_CPU starts two."""
     import os
     import subprocess
     import sys
 
+    from layercomposer.errors import LayerComposerError
+    from layercomposer.training.train import train
+
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
            "-m", "layercomposer.training.train", "--data", str(scenes_dir), "--output", str(out),
-           "--model", "tiny-random", "--steps", "2", "--batch-size", "1", "--grad-accum", "2",
-           "--save-every", "2", "--log-every", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+           "--model", "tiny-random", "--steps", "3", "--batch-size", "1", "--grad-accum", "2",
+           "--save-every", "2", "--log-every", "1", "--warmup", "4", "--lr", "1e-3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2]  # written once, by the main process
+    assert [r["step"] for r in records] == [1, 2, 3]  # written once, by the main process
+    # warm-up over 4 optimizer steps: 2/4, 3/4, 4/4 of the rate after steps 1-3 (not 3/4, 1, 1: twice as fast)
+    assert [r["lr"] for r in records] == pytest.approx([5e-4, 7.5e-4, 1e-3])
     assert (out / "model" / "model_index.json").is_file()
-    assert (out / "checkpoints" / "step-0000002" / "trainer_state.json").is_file()
+    state = json.loads((out / "checkpoints" / "step-0000003" / "trainer_state.json").read_text())
+    assert state == {"step": 3, "processes": 2}
+    # One process cannot resume it: its samples and learning rate were counted over two.
+    with pytest.raises(LayerComposerError, match="written by 2 processes, this run has 1"):
+        train(_cfg(scenes_dir, out, steps=4), progress=False)
 
 
 def test_kontext_preset_and_resolution(scenes_dir, tmp_path):

@@ -105,8 +105,11 @@ class Trainer:
 
         # 2. Optimizer: AdamW, linear warm-up then constant (the paper's constant learning rate) or a decay.
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # accelerate steps a prepared scheduler once per process at every optimizer step (it assumes the steps
+        # were counted for one process); --steps and --warmup count optimizer steps, so divide that back out.
+        per_step = self.accelerator.num_processes
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
-            s, warmup=cfg.warmup, steps=cfg.steps, schedule=cfg.lr_schedule))
+            s // per_step, warmup=cfg.warmup, steps=cfg.steps, schedule=cfg.lr_schedule))
         prepared = self.accelerator.prepare(transformer, optimizer, schedule,
                                             *([text_model] if cfg.train_text_encoder else []))
         self.transformer, self.optimizer, self.schedule = prepared[:3]
@@ -278,7 +281,8 @@ class Trainer:
             if self.ema is not None:
                 self.ema.save(path / EMA_FILE)
             # Written last: a folder with trainer_state.json is a complete checkpoint.
-            (path / "trainer_state.json").write_text(json.dumps({"step": self.step_index}))
+            (path / "trainer_state.json").write_text(json.dumps({"step": self.step_index,
+                                                                 "processes": self.accelerator.num_processes}))
             for old in sorted(self.checkpoint_root.glob("step-*"))[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         return path
@@ -288,13 +292,19 @@ class Trainer:
         done = [p for p in sorted(self.checkpoint_root.glob("step-*")) if (p / "trainer_state.json").is_file()]
         if not done:
             return 0
+        state = json.loads((done[-1] / "trainer_state.json").read_text())
+        processes = self.accelerator.num_processes
+        if state.get("processes", processes) != processes:  # older checkpoints do not say: not checked
+            raise LayerComposerError(
+                f"{done[-1]} was written by {state['processes']} processes, this run has {processes}: resume it "
+                f"with {state['processes']} (each process draws its own samples, and the learning rate counts them)")
         self.accelerator.load_state(str(done[-1]))
         if self.ema is not None:
             if not (done[-1] / EMA_FILE).is_file():
                 raise LayerComposerError(f"{done[-1]}: no {EMA_FILE} to resume --ema-decay from (the run was "
                                          "started without it)")
             self.ema.load(done[-1] / EMA_FILE)
-        self.step_index = json.loads((done[-1] / "trainer_state.json").read_text())["step"]
+        self.step_index = state["step"]
         return self.step_index
 
     def export(self) -> Path:
