@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -586,7 +587,7 @@ def test_lora_save_and_load_round_trip(scenes_dir, tmp_path):
 def test_accelerate_launch_with_two_processes(scenes_dir, tmp_path):
     """The real launcher, two CPU processes (gloo DDP): the run completes, checkpoints and exports once, and
     the learning rate follows optimizer steps as with one process (accelerate steps a scheduler per process).
-    `--cpu` alone would start one process: torchrun (`--multi_gpu`) with ACCELERATE_USE_CPU starts two."""
+    The config file says how (`--cpu` alone would start one process)."""
     import os
     import subprocess
     import sys
@@ -595,8 +596,9 @@ def test_accelerate_launch_with_two_processes(scenes_dir, tmp_path):
     from layercomposer.training.train import train
 
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+    config = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "cpu_2proc.yaml"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+           "--dynamo_backend", "no", "--main_process_port", "0",
            "-m", "layercomposer.training.train", "--data", str(scenes_dir), "--output", str(out),
            "--model", "tiny-random", "--steps", "3", "--batch-size", "1", "--grad-accum", "2",
            "--save-every", "2", "--log-every", "1", "--warmup", "4", "--lr", "1e-3"]
