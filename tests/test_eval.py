@@ -107,6 +107,34 @@ def test_eval_with_strength_adds_an_image_to_image_run(heldout, tmp_path):
                  progress=False, strength=1.5)
 
 
+def test_missed_targets_and_locked_characters_by_background():
+    from layercomposer.eval.sprites import locked_subjects_by_background, missed_targets
+
+    summary = {"locked": {"psnr": 20.5, "vae_ceiling": 22.0}, "unlocked": {"layered": 11.0, "paste": 11.5},
+               "occlusion": {"layered": 14.0, "collage": 13.0},
+               "pruning": {"psnr_layered": 19.0, "psnr_unpruned": 19.2}}
+    text = "\n".join(missed_targets(summary))
+    assert "Locked regions: 4.50 dB short of 25 dB and 1.50 dB below the VAE ceiling (within 3 dB)" in text
+    assert "22.00 dB, itself 3.00 dB short of 25" in text
+    assert "Unlocked regions: 0.50 dB below naive pasting" in text
+    assert "Occlusion" not in text and "Pruning" not in text  # met (pruning within 0.3 dB)
+    summary["locked"] = {"psnr": 26.0, "vae_ceiling": 30.0}
+    summary["unlocked"]["layered"] = 12.0
+    assert "the model is what falls short" in "\n".join(missed_targets(summary))
+    summary["locked"]["psnr"] = 27.5
+    assert missed_targets(summary) == []
+
+    def region(name, layered, vae):
+        return {"name": name, "layered": layered, "vae": vae}
+
+    cases = [{"background": "locked", "locked_regions": [region("background", 30, 31), region("a", 18, 20)]},
+             {"background": "none", "locked_regions": [region("b", 14, 19), region("c", 16, 21)]},
+             {"background": "locked", "locked_regions": [region("d", 20, 21)]},
+             {"background": "unlocked", "locked_regions": []}]
+    # the background layer is not a character; a case without locked characters adds no group
+    assert locked_subjects_by_background(cases) == {"none": (2, 15.0, 20.0), "locked": (2, 19.0, 20.5)}
+
+
 def test_canvas_preview_marks_locks(heldout):
     case = build_cases(SceneSet.load(heldout), 1)[0]
     px = np.asarray(canvas_preview(case.sample.canvas))

@@ -10,6 +10,7 @@ import argparse
 import io
 import json
 import re
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -588,7 +589,7 @@ def cmd_eval_sprites(args: argparse.Namespace) -> int:
     if args.json:
         save_report(report, Path(args.json))
     if args.results:
-        command = "layercomposer " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("layercomposer") else \
+        command = "layercomposer " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("layercomposer") else \
             "layercomposer eval sprites ..."
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         Path(args.results).write_text(results_markdown(report, command, args.machine))

@@ -449,11 +449,15 @@ def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
         f"| pruned within 0.3 dB of unpruned (or above), with fewer tokens | {_f(pr['psnr_layered'])} vs "
         f"{_f(pr['psnr_unpruned'])}; {_f(pr['tokens_layered'], '', 0)} vs {_f(pr['tokens_unpruned'], '', 0)} "
         f"tokens | {verdict(prune_ok)} |",
+        *missed_targets(s),
         "",
         "## Details",
         "",
         f"- Locked characters only (background excluded): {_f(lk['subjects_only']['psnr'])} vs VAE ceiling "
-        f"{_f(lk['subjects_only']['vae_ceiling'])} ({lk['subjects_only']['regions']} regions).",
+        f"{_f(lk['subjects_only']['vae_ceiling'])} ({lk['subjects_only']['regions']} regions); by what the canvas "
+        "does with the background: " + "; ".join(
+            f"{bg} {_f(psnr)} vs {_f(vae)} ({n})" for bg, (n, psnr, vae) in locked_subjects_by_background(
+                report["cases"]).items()) + ".",
         "- With `--hard-lock` (latent pixels, 8 px, showing locked layers only held to their latents while "
         f"sampling; an inference option, not the model): locked regions {_f(lk.get('psnr_hard_lock'))}, "
         f"locked characters {_f(lk['subjects_only'].get('psnr_hard_lock'))}, "
@@ -501,6 +505,40 @@ def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
         for fig in figures:
             lines += ["", f"![{Path(fig).stem}](figures/{Path(fig).name})"]
     return "\n".join(lines) + "\n"
+
+
+def locked_subjects_by_background(cases: list[dict[str, Any]]) -> dict[str, tuple[int, float, float]]:
+    """Locked characters (not the background layer) grouped by the case's background (`none`, `unlocked`,
+    `locked`): {background: (regions, mean PSNR of the layered model, mean VAE ceiling)}, groups with any."""
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for case in cases:
+        for region in case["locked_regions"]:
+            if region["name"] != "background":
+                groups.setdefault(case["background"], []).append((region["layered"], region["vae"]))
+    order = {"none": 0, "unlocked": 1, "locked": 2}
+    return {bg: (len(v), float(np.mean([p for p, _ in v])), float(np.mean([c for _, c in v])))
+            for bg, v in sorted(groups.items(), key=lambda kv: order.get(kv[0], 3))}
+
+
+def missed_targets(summary: dict[str, Any]) -> list[str]:
+    """Markdown lines for each target the summary misses: by how much, and what the measurements say about why."""
+    lk, ul, oc, pr = summary["locked"], summary["unlocked"], summary["occlusion"], summary["pruning"]
+    lines: list[str] = []
+    if lk["psnr"] is not None and (lk["psnr"] < 25 or lk["vae_ceiling"] - lk["psnr"] > 3):
+        gap = lk["vae_ceiling"] - lk["psnr"]
+        why = (f"the VAE's own reconstruction of the same pixels is {lk['vae_ceiling']:.2f} dB, itself "
+               f"{25 - lk['vae_ceiling']:.2f} dB short of 25: no model that decodes through this VAE can reach "
+               "it; a VAE that keeps more (less downsampling, more latent channels) comes first"
+               if lk["vae_ceiling"] < 25 else "the VAE allows it; the model is what falls short")
+        lines.append(f"- Locked regions: {max(0.0, 25 - lk['psnr']):.2f} dB short of 25 dB and {gap:.2f} dB below "
+                     f"the VAE ceiling ({'within' if gap <= 3 else 'not within'} 3 dB); {why}.")
+    if ul["layered"] is not None and ul["layered"] <= ul["paste"]:
+        lines.append(f"- Unlocked regions: {ul['paste'] - ul['layered']:.2f} dB below naive pasting.")
+    if oc["layered"] is not None and oc["collage"] is not None and oc["layered"] <= oc["collage"]:
+        lines.append(f"- Occlusion subset: {oc['collage'] - oc['layered']:.2f} dB below the collage model.")
+    if pr["psnr_layered"] is not None and pr["psnr_layered"] < pr["psnr_unpruned"] - 0.3:
+        lines.append(f"- Pruning: {pr['psnr_unpruned'] - pr['psnr_layered']:.2f} dB below unpruned (0.3 allowed).")
+    return ["", "Where a target is missed:", "", *lines] if lines else []
 
 
 def _ms(seconds: float | None) -> float | None:
