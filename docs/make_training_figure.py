@@ -1,4 +1,4 @@
-"""Make docs/figures/demo-training.png: held-out loss of the shipped demo models over the four training stages.
+"""Make docs/figures/demo-training.png: held-out loss of the shipped demo models over the five training stages.
 
     python docs/make_training_figure.py
 
@@ -6,7 +6,8 @@ Stage 1 (steps 0-2000, no EMA) is the run of 2026-11-23, whose metrics were not 
 the ones recorded in docs/TRAINING.md. Stage 2 (steps 2000-4250, EMA 0.999, sample pool) reads
 docs/results/training/*-continued.jsonl, the runs' own metrics files; stage 3 (4250-5250) *-stage3.jsonl
 (the layered model with merged locked layers), stage 4 (5250-6000) *-stage4.jsonl (aligned unlocked
-subjects and cover pruning). The layered runs that were tried beside a shipped one and not shipped (the
+subjects and cover pruning), stage 5 (6000-7000) *-stage5.jsonl (the learning rate decayed linearly to
+zero: a cool-down). The layered runs that were tried beside a shipped one and not shipped (the
 controls) are drawn dashed from where they started.
 """
 
@@ -27,7 +28,7 @@ STAGE1 = {  # step -> held-out loss (16 fixed samples), docs/TRAINING.md
     "demo-collage": {250: 0.778, 1000: 0.454, 1500: 0.376, 2000: 0.345},
 }
 STAGES = (("continued", 2000, "stage 2: EMA 0.999,\nsample pool 8000"), ("stage3", 4250, "stage 3"),
-          ("stage4", 5250, "stage 4"))
+          ("stage4", 5250, "stage 4"), ("stage5", 6000, "stage 5:\nLR to 0"))
 CONTROLS = (  # file, the stage it belongs to, label
     ("demo-stage3-separate", "stage3", "stage 3 control: locked layers separate"),
     ("demo-stage4-control", "stage4", "stage 4 control: as stage 3"),
