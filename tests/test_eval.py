@@ -112,7 +112,8 @@ def test_missed_targets_and_locked_characters_by_background():
 
     summary = {"locked": {"psnr": 20.5, "vae_ceiling": 22.0}, "unlocked": {"layered": 11.0, "paste": 11.5},
                "occlusion": {"layered": 14.0, "collage": 13.0},
-               "pruning": {"psnr_layered": 19.0, "psnr_unpruned": 19.2}}
+               "pruning": {"psnr_layered": 19.0, "psnr_unpruned": 19.2, "tokens_layered": 250,
+                           "tokens_unpruned": 600}}
     text = "\n".join(missed_targets(summary))
     assert "Locked regions: 4.50 dB short of 25 dB and 1.50 dB below the VAE ceiling (within 3 dB)" in text
     assert "22.00 dB, itself 3.00 dB short of 25" in text
@@ -123,6 +124,8 @@ def test_missed_targets_and_locked_characters_by_background():
     assert "the model is what falls short" in "\n".join(missed_targets(summary))
     summary["locked"]["psnr"] = 27.5
     assert missed_targets(summary) == []
+    summary["pruning"]["tokens_layered"] = 600  # no fewer tokens: missed, however close the PSNR
+    assert "Pruning: 0.20 dB below unpruned (0.3 allowed), 600 vs 600 tokens" in "\n".join(missed_targets(summary))
 
     def region(name, layered, vae):
         return {"name": name, "layered": layered, "vae": vae}
