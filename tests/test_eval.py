@@ -125,7 +125,15 @@ def test_missed_targets_and_locked_characters_by_background():
     summary["locked"]["psnr"] = 27.5
     assert missed_targets(summary) == []
     summary["pruning"]["tokens_layered"] = 600  # no fewer tokens: missed, however close the PSNR
-    assert "Pruning: 0.20 dB below unpruned (0.3 allowed), 600 vs 600 tokens" in "\n".join(missed_targets(summary))
+    text = "\n".join(missed_targets(summary))
+    assert "Pruning: no fewer tokens (600 pruned vs 600 unpruned)." in text and "dB below" not in text
+    summary["pruning"]["psnr_layered"] = 19.7  # above unpruned: only the token count fails
+    assert "Pruning: no fewer tokens (600 pruned vs 600 unpruned)." in "\n".join(missed_targets(summary))
+    summary["pruning"]["psnr_layered"] = 18.7  # 0.50 dB worse and no fewer tokens: both named
+    assert ("Pruning: 0.50 dB below unpruned (0.3 allowed) and no fewer tokens (600 pruned vs 600 unpruned)."
+            in "\n".join(missed_targets(summary)))
+    summary["pruning"]["tokens_layered"] = 250  # fewer tokens, 0.50 dB worse: only the quality fails
+    assert "Pruning: 0.50 dB below unpruned (0.3 allowed)." in "\n".join(missed_targets(summary))
 
     def region(name, layered, vae):
         return {"name": name, "layered": layered, "vae": vae}
