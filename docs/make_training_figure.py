@@ -1,4 +1,4 @@
-"""Make docs/figures/demo-training.png: held-out loss of the shipped demo models over the five training stages.
+"""Make docs/figures/demo-training.png: held-out loss of the shipped demo models over the six training stages.
 
     python docs/make_training_figure.py
 
@@ -7,7 +7,8 @@ the ones recorded in docs/TRAINING.md. Stage 2 (steps 2000-4250, EMA 0.999, samp
 docs/results/training/*-continued.jsonl, the runs' own metrics files; stage 3 (4250-5250) *-stage3.jsonl
 (the layered model with merged locked layers), stage 4 (5250-6000) *-stage4.jsonl (aligned unlocked
 subjects and cover pruning), stage 5 (6000-7000) *-stage5.jsonl (the learning rate decayed linearly to
-zero: a cool-down). The layered runs that were tried beside a shipped one and not shipped (the
+zero: a cool-down), stage 6 (7000-7500) *-stage6.jsonl (70% aligned unlocked subjects, warmed up again and
+decayed to zero). The layered runs that were tried beside a shipped one and not shipped (the
 controls) are drawn dashed from where they started.
 """
 
@@ -28,11 +29,12 @@ STAGE1 = {  # step -> held-out loss (16 fixed samples), docs/TRAINING.md
     "demo-collage": {250: 0.778, 1000: 0.454, 1500: 0.376, 2000: 0.345},
 }
 STAGES = (("continued", 2000, "stage 2: EMA 0.999,\nsample pool 8000"), ("stage3", 4250, "stage 3"),
-          ("stage4", 5250, "stage 4"), ("stage5", 6000, "stage 5:\nLR to 0"))
+          ("stage4", 5250, "stage 4"), ("stage5", 6000, "stage 5:\nLR to 0"), ("stage6", 7000, "stage 6:\naligned 0.7"))
 CONTROLS = (  # file, the stage it belongs to, label
     ("demo-stage3-separate", "stage3", "stage 3 control: locked layers separate"),
     ("demo-stage4-control", "stage4", "stage 4 control: as stage 3"),
     ("demo-stage4-aligned", "stage4", "stage 4: aligned unlocked only (centre pruning)"),
+    ("demo-stage6-control", "stage6", "stage 6 control: aligned 0.3"),
 )
 
 
@@ -53,11 +55,12 @@ def main() -> None:
                     starts[stage] = points[-1]
                 points += held_out(path, offset)
         xs, ys = zip(*points, strict=True)
-        label = ("layered (demo): merged locked layers from 4250, aligned unlocked + cover pruning from 5250"
+        label = ("layered (demo): merged locked layers from 4250, aligned unlocked + cover pruning from 5250,\n"
+                 "aligned share 0.7 from 7000"
                  if name == "demo" else "collage (demo-collage)")
         ax.plot(xs, ys, "o-", color=colour, markersize=3, label=label)
     offsets = {stage: offset for stage, offset, _ in STAGES}
-    for (file, stage, label), colour in zip(CONTROLS, ("#7f9fbf", "#9bbb59", "#f79646"), strict=True):
+    for (file, stage, label), colour in zip(CONTROLS, ("#7f9fbf", "#9bbb59", "#f79646", "#8064a2"), strict=True):
         path = RESULTS / f"{file}.jsonl"
         if path.is_file() and stage in starts:
             xs, ys = zip(*[starts[stage], *held_out(path, offsets[stage])], strict=True)
@@ -70,7 +73,7 @@ def main() -> None:
     ax.set_yscale("log")
     ax.set_title("demo models: held-out loss, 2-core CPU")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=7)
+    ax.legend(loc="upper right", bbox_to_anchor=(1.0, 0.86), fontsize=7)
     fig.tight_layout()
     out = HERE / "figures" / "demo-training.png"
     fig.savefig(out)
