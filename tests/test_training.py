@@ -15,7 +15,7 @@ from layercomposer.canvas import Layer, LayerImage
 from layercomposer.conditioning import TokenRules
 from layercomposer.data.scenes import SceneError, SceneSet, load_scene
 from layercomposer.models.attention import use_stock_attention
-from layercomposer.training.batch import SampleEncoder, collate, flow_loss, guidance_vector
+from layercomposer.training.batch import SampleEncoder, collate, flow_loss, guidance_vector, subject_cells
 from layercomposer.training.sampling import (
     SamplingConfig,
     alpha_box,
@@ -250,6 +250,67 @@ def test_padded_batch_gives_the_same_loss_as_samples_one_at_a_time(encoded):
     use_stock_attention(pipe.transformer)
 
 
+def test_subject_mask_is_the_targets_subjects_whatever_the_canvas_holds(scenes):
+    scene = multi(scenes)
+    target = scene.images[0]
+    for cfg in (SamplingConfig(p_lock_none=1.0), SamplingConfig(p_lock_none=0.0, p_lock_all=1.0)):
+        sample = sample_training_canvas(scene, np.random.default_rng(2), cfg, target_index=0)
+        want = np.zeros(sample.target.size[::-1], np.uint8)
+        for name in target.subjects:
+            want = np.maximum(want, np.asarray(target.layer(name))[..., 3])
+        assert sample.subjects is not None and np.array_equal(sample.subjects, want)
+        assert 0 < (want > 0).mean() < 1
+
+
+def test_subject_cells_by_hand():
+    alpha = np.zeros((40, 50), np.uint8)  # a 2 x 3 grid of 16 px cells (the rest is cropped away)
+    alpha[0, 0] = 128         # one pixel at the threshold: cell (0, 0)
+    alpha[20, 20] = 127       # below it: not a subject cell
+    alpha[31, 47] = 255       # the last pixel of cell (1, 2)
+    alpha[35:, :] = 255       # below the grid: cropped
+    alpha[:, 48:] = 255       # right of the grid: cropped
+    cells = subject_cells(alpha, (2, 3))
+    assert cells.dtype == torch.bool
+    assert cells.tolist() == [True, False, False, False, False, True]
+
+
+def test_subject_weighted_loss_by_hand(encoded):
+    pipe, samples = encoded
+    batch = collate(samples)
+    assert batch.subject is not None and batch.subject.shape == batch.x0.shape[:2]
+    assert batch.subject.any() and not batch.subject.all()
+    assert batch.token_weights(1.0) is None
+    w = batch.token_weights(4.0)
+    assert set(w.unique().tolist()) == {1.0, 4.0} and torch.equal(w == 4.0, batch.subject)
+    gen = torch.Generator().manual_seed(0)
+    t, noise = torch.rand(4, generator=gen), torch.randn(batch.x0.shape, generator=gen)
+    text = pipe.text_encoder.encode(batch.prompts)
+    g = guidance_vector(pipe.transformer, 4)
+    from layercomposer.flow import add_noise, velocity_target
+    from layercomposer.models.attention import use_padded_batch_attention
+    from layercomposer.training.batch import predict_velocity
+
+    use_padded_batch_attention(pipe.transformer)
+    with torch.no_grad():
+        pred = predict_velocity(pipe.transformer, add_noise(batch.x0, noise, t), batch, text, t, g)
+        err = ((pred - velocity_target(batch.x0, noise)) ** 2).mean(dim=2)  # (B, N)
+        _, plain = flow_loss(pipe.transformer, batch, text, t, noise, g)
+        _, ones = flow_loss(pipe.transformer, batch, text, t, noise, g, torch.ones_like(w))
+        _, weighted = flow_loss(pipe.transformer, batch, text, t, noise, g, w)
+    use_stock_attention(pipe.transformer)
+    assert torch.allclose(plain, err.mean(dim=1), rtol=1e-5) and torch.allclose(ones, plain, rtol=1e-6)
+    for i in range(4):
+        m = batch.subject[i]
+        k = int(m.sum())
+        by_hand = (4 * err[i][m].sum() + err[i][~m].sum()) / (4 * k + (len(m) - k))
+        assert torch.allclose(weighted[i], by_hand, rtol=1e-5)
+    # Samples without subject cells (pool files from before) cannot be weighted, only averaged.
+    old = collate([replace(s, subject=None) for s in samples])
+    assert old.subject is None and old.token_weights(1.0) is None
+    with pytest.raises(ValueError, match="subject cells"):
+        old.token_weights(4.0)
+
+
 def test_a_few_steps_lower_the_loss(encoded):
     from layercomposer.models.attention import use_padded_batch_attention
     from layercomposer.models.registry import TINY_RANDOM, build_random
@@ -444,7 +505,7 @@ def test_pool_cache_is_read_back_by_a_later_run_and_keyed_by_what_the_latents_de
     assert second.pool_counts["loaded"] == len(set(second._pool) & set(first._pool)) > 0
     assert second.pool_counts["encoded"] == len(set(second._pool) - set(first._pool))
     for u in set(first._pool) & set(second._pool):
-        for name in ("x0", "cond", "cond_ids"):
+        for name in ("x0", "cond", "cond_ids", "subject"):
             assert torch.equal(getattr(first._pool[u], name), getattr(second._pool[u], name))
         assert (first._pool[u].grid, first._pool[u].prompt) == (second._pool[u].grid, second._pool[u].prompt)
     rows = read_metrics(tmp_path / "b" / "metrics.jsonl")
@@ -521,6 +582,49 @@ def test_aligned_unlocked_option_trains_on_its_own_pool_and_holds_out_the_papers
          "rotation_jitter", "brightness", "contrast", "saturation", "hue_degrees"])
     on = pool_fingerprint(trainer.scenes, trainer.pipe.vae, sampling=SamplingConfig(p_aligned_unlocked=0.3), **fp)
     assert on["sampling"]["p_aligned_unlocked"] == 0.3
+
+
+def test_subject_loss_weight_weights_training_not_the_held_out_loss(scenes_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from layercomposer.cli import build_parser, main
+    from layercomposer.training.config import train_config_from_args
+    from layercomposer.training.train import Trainer, train
+
+    args = build_parser().parse_args(["train", "--data", "d", "--output", "o", "--subject-loss-weight", "3"])
+    assert train_config_from_args(args).subject_loss_weight == 3.0
+    for bad in ("0", "-1", "nan", "inf"):
+        assert main(["train", "--data", "d", "--output", "o", "--subject-loss-weight", bad]) == 2
+    kw = dict(eval_data=str(scenes_dir), eval_samples=4, sample_pool=4, batch_size=2)
+    plain, heavy = Trainer(_cfg(scenes_dir, tmp_path / "p", **kw)), \
+        Trainer(_cfg(scenes_dir, tmp_path / "h", subject_loss_weight=4.0, **kw))
+    batch = heavy.make_batch(0, 0)
+    assert batch.subject is not None and batch.subject.any()
+    with torch.no_grad():
+        assert heavy.loss_of(batch, 0, 0, weighted=False).item() == pytest.approx(plain.loss_of(batch, 0, 0).item())
+        assert heavy.loss_of(batch, 0, 0).item() != pytest.approx(plain.loss_of(batch, 0, 0).item(), rel=1e-3)
+    assert heavy.eval_loss() == pytest.approx(plain.eval_loss())
+    # A pool file written without subject cells is encoded again by a weighted run, and not by a plain one.
+    cache = tmp_path / "cache"
+    first = train(_cfg(scenes_dir, tmp_path / "a", sample_pool=3, steps=2, save_every=2, pool_cache=str(cache)),
+                  progress=False)
+    u = sorted(first._pool)[0]
+    path = first.pool_cache.path(u)
+    tensors = load_file(str(path))
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    del tensors["subject"]
+    save_file(tensors, str(path), metadata=meta)
+    assert first.pool_cache.load(u).subject is None
+    again = train(_cfg(scenes_dir, tmp_path / "b", sample_pool=3, steps=2, save_every=2, pool_cache=str(cache)),
+                  progress=False)
+    assert again.pool_counts == {"encoded": 0, "loaded": len(first._pool)}
+    weighted = train(_cfg(scenes_dir, tmp_path / "c", sample_pool=3, steps=2, save_every=2, pool_cache=str(cache),
+                          subject_loss_weight=4.0), progress=False)
+    assert weighted.pool_counts == {"encoded": 1, "loaded": len(first._pool) - 1}
+    assert first.pool_cache.load(u).subject is not None
 
 
 def test_cover_pruning_trains_exports_and_is_inherited(scenes_dir, tmp_path):

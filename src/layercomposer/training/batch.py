@@ -35,6 +35,9 @@ class EncodedSample:
     """(M, 3) int64 ids of the condition tokens."""
     grid: tuple[int, int]
     prompt: str
+    subject: torch.Tensor | None = None
+    """(N,) bool: noisy tokens whose 16x16 cell shows part of a subject in the target (`subject_cells`);
+    None when unknown (samples from before it was recorded)."""
 
 
 @dataclass
@@ -50,6 +53,8 @@ class Batch:
     key_mask: torch.Tensor | None
     """(B, N + M_max) bool, False on padding; None when no sample is padded"""
     prompts: list[str]
+    subject: torch.Tensor | None = None
+    """(B, N) bool, the samples' `EncodedSample.subject`; None unless every sample has one"""
 
     @property
     def size(self) -> int:
@@ -57,7 +62,17 @@ class Batch:
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Batch:
         mask = self.key_mask.to(device) if self.key_mask is not None else None
-        return Batch(self.x0.to(device, dtype), self.cond.to(device, dtype), self.ids.to(device), mask, self.prompts)
+        subject = self.subject.to(device) if self.subject is not None else None
+        return Batch(self.x0.to(device, dtype), self.cond.to(device, dtype), self.ids.to(device), mask, self.prompts,
+                     subject)
+
+    def token_weights(self, subject_weight: float) -> torch.Tensor | None:
+        """(B, N) loss weights: `subject_weight` on subject cells, 1 elsewhere; None when uniform."""
+        if subject_weight == 1.0:
+            return None
+        if self.subject is None:
+            raise ValueError("a subject loss weight needs the batch's subject cells (samples made without them)")
+        return 1.0 + (float(subject_weight) - 1.0) * self.subject.float()
 
 
 class SampleEncoder:
@@ -120,9 +135,18 @@ class SampleEncoder:
                 self.builder.discard([g.key for g in cond.plan.groups if not g.locked])
                 x0 = self.target_tokens(sample)
                 tokens = cond.tokens[0] if cond.tokens is not None else x0.new_zeros((0, x0.shape[-1]))
+                subject = subject_cells(sample.subjects, sample.canvas.grid) if sample.subjects is not None else None
                 out.append(EncodedSample(x0=x0, cond=tokens, cond_ids=cond.ids, grid=sample.canvas.grid,
-                                         prompt=sample.prompt))
+                                         prompt=sample.prompt, subject=subject))
         return out
+
+
+def subject_cells(alpha: np.ndarray, grid: tuple[int, int], cell: int = 16) -> torch.Tensor:
+    """(rows * cols,) bool, row-major like the packed tokens: cells of the (H, W) alpha (cropped to the grid)
+    with at least one pixel of alpha >= 128, i.e. every cell a subject covers, its edges included."""
+    rows, cols = grid
+    covered = np.asarray(alpha)[:rows * cell, :cols * cell] >= 128
+    return torch.from_numpy(covered.reshape(rows, cell, cols, cell).any(axis=(1, 3)).reshape(-1).copy())
 
 
 def target_pixels(sample: TrainingSample) -> torch.Tensor:
@@ -156,8 +180,9 @@ def collate(samples: list[EncodedSample]) -> Batch:
         ids[i, n:n + m] = s.cond_ids.float()
         mask[i, n + m:] = False
     x0 = torch.stack([s.x0 for s in samples])
+    subject = torch.stack([s.subject for s in samples]) if all(s.subject is not None for s in samples) else None
     return Batch(x0=x0, cond=cond, ids=ids, key_mask=None if bool(mask.all()) else mask,
-                 prompts=[s.prompt for s in samples])
+                 prompts=[s.prompt for s in samples], subject=subject)
 
 
 def predict_velocity(
@@ -194,11 +219,21 @@ def flow_loss(
     t: torch.Tensor,
     noise: torch.Tensor,
     guidance: torch.Tensor | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flow-matching MSE on the noisy tokens: (mean loss, per-sample losses (B,))."""
+    """Flow-matching MSE on the noisy tokens: (mean loss, per-sample losses (B,)).
+
+    `token_weights` (B, N) makes each sample's loss the weighted mean over its tokens (`Batch.token_weights`);
+    the per-token optimum is unchanged, only how much of the model's capacity each region gets.
+    """
     x_t = add_noise(batch.x0, noise, t)
     pred = predict_velocity(transformer, x_t, batch, text, t, guidance)
-    per_sample = F.mse_loss(pred.float(), velocity_target(batch.x0, noise).float(), reduction="none").mean(dim=(1, 2))
+    per_token = F.mse_loss(pred.float(), velocity_target(batch.x0, noise).float(), reduction="none").mean(dim=2)
+    if token_weights is None:
+        per_sample = per_token.mean(dim=1)
+    else:
+        w = token_weights.to(per_token)
+        per_sample = (per_token * w).sum(dim=1) / w.sum(dim=1)
     return per_sample.mean(), per_sample
 
 

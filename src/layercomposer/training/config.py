@@ -57,6 +57,9 @@ class TrainConfig:
     """With a sample pool: also keep the encoded canvases in this folder, read back by resumed or later runs."""
     ema_decay: float = 0.0
     """0: off. Else an EMA of the trained weights is kept, saved, evaluated and exported."""
+    subject_loss_weight: float = 1.0
+    """Loss weight of the noisy tokens whose cell shows a subject in the target (1: the plain mean). The
+    held-out loss stays the plain mean, so runs with and without it compare."""
     resolution: int | None = None
     """Train at this square size (scenes resized to cover it and centre-cropped); None: their own size."""
     base: str | None = None
@@ -148,6 +151,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ema-decay", type=float, default=d.ema_decay,
                         help="keep an exponential moving average of the weights (e.g. 0.999); it is what is "
                         "evaluated and exported (0: off)")
+    parser.add_argument("--subject-loss-weight", type=float, default=d.subject_loss_weight, metavar="W",
+                        help="weight the loss of the tokens where the target shows a subject (a character, its "
+                        "edges included) W times the background's (1: the plain mean over tokens)")
     parser.add_argument("--export-dtype", default=d.export_dtype, choices=("float32", "float16", "bfloat16"),
                         help="dtype of the exported model's weights")
 
@@ -177,6 +183,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise LayerComposerError("--prune: the collage mode keeps every cell of its one opaque picture")
     if cfg.pool_cache and not cfg.sample_pool:
         raise LayerComposerError("--pool-cache: needs --sample-pool (it stores the pool's encoded canvases)")
+    if not (math.isfinite(cfg.subject_loss_weight) and cfg.subject_loss_weight > 0):
+        raise LayerComposerError(f"--subject-loss-weight: must be a positive number, got {cfg.subject_loss_weight}")
     if not (cfg.ema_decay == 0 or 0 < cfg.ema_decay < 1):
         raise LayerComposerError(f"--ema-decay: must be 0 (off) or in (0, 1), got {cfg.ema_decay}")
     return cfg

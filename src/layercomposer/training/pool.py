@@ -85,13 +85,18 @@ class PoolCache:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in ("x0", "cond", "cond_ids")}
+                # Files written before the subject cells were recorded have none (loaded as None).
+                names = set(f.keys())
+                subject = f.get_tensor("subject").bool() if "subject" in names else None
             h, w = (int(v) for v in meta["grid"].split(","))
-            return EncodedSample(tensors["x0"], tensors["cond"], tensors["cond_ids"], (h, w), meta["prompt"])
+            return EncodedSample(tensors["x0"], tensors["cond"], tensors["cond_ids"], (h, w), meta["prompt"], subject)
         except Exception:  # a damaged file only costs its re-encoding
             return None
 
     def save(self, u: int, sample: EncodedSample) -> None:
         tensors = {"x0": sample.x0.detach().cpu().contiguous(), "cond": sample.cond.detach().cpu().contiguous(),
                    "cond_ids": sample.cond_ids.detach().cpu().contiguous()}
+        if sample.subject is not None:
+            tensors["subject"] = sample.subject.detach().cpu().to(torch.uint8).contiguous()
         meta = {"grid": f"{sample.grid[0]},{sample.grid[1]}", "prompt": sample.prompt}
         write_atomic(self.path(u), save(tensors, metadata=meta))

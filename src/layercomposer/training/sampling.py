@@ -64,6 +64,9 @@ class TrainingSample:
     dropped: list[str] = field(default_factory=list)
     sources: dict[str, int] = field(default_factory=dict)
     """Unlocked layer -> index of the picture it was cut from."""
+    subjects: np.ndarray | None = None
+    """(H, W) uint8, the largest alpha of T's own subject layers at each pixel (where T shows a subject,
+    whether the canvas has it locked, unlocked or not at all); None for samples made without it."""
 
     @property
     def prompt(self) -> str:
@@ -100,7 +103,7 @@ def sample_training_canvas(
             locked.add(name)
 
     sample = TrainingSample(canvas=Canvas(picture.width, picture.height, prompt=target.prompt), target=picture,
-                            scene=scene.id, image=t_index)
+                            scene=scene.id, image=t_index, subjects=subject_alpha(target, names, picture.size))
     for name in names:
         is_bg = name == BACKGROUND
         kind = "background" if is_bg else "subject"
@@ -126,6 +129,16 @@ def sample_training_canvas(
         else:
             sample.canvas.layers.append(place_unlocked(name, target, source, rng, config))
     return sample
+
+
+def subject_alpha(target: SceneImage, names: list[str], size: tuple[int, int]) -> np.ndarray:
+    """(H, W) uint8: the largest alpha of the picture's subject layers (0 where it shows background only);
+    `size` is the picture's (W, H)."""
+    out = np.zeros((size[1], size[0]), np.uint8)
+    for name in names:
+        if name != BACKGROUND:
+            np.maximum(out, np.asarray(target.layer(name).getchannel("A"), np.uint8), out=out)
+    return out
 
 
 def place_unlocked(

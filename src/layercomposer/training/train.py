@@ -168,6 +168,8 @@ class Trainer:
         if self.pool_cache is not None:
             for u in missing:
                 stored = self.pool_cache.load(u)
+                if stored is not None and stored.subject is None and self.cfg.subject_loss_weight != 1.0:
+                    stored = None  # written before subject cells were recorded: encode it again, with them
                 if stored is not None:
                     self._pool[u] = stored
                     self.pool_counts["loaded"] += 1
@@ -230,13 +232,16 @@ class Trainer:
 
     # -- steps ---------------------------------------------------------------------------------------------
 
-    def loss_of(self, batch: Batch, step: int, micro: int) -> torch.Tensor:
+    def loss_of(self, batch: Batch, step: int, micro: int, weighted: bool = True) -> torch.Tensor:
+        """The loss of a micro-batch at the noise and times of (step, micro); `weighted=False` takes the plain
+        mean over tokens whatever `--subject-loss-weight` says (the held-out loss)."""
         device = self.accelerator.device
         noise, t = self.noise_and_time(batch, step, micro)
         batch = batch.to(device)
         with self.accelerator.autocast():
             loss, _ = flow_loss(self.transformer, batch, self.text(batch.prompts), t.to(device), noise.to(device),
-                                guidance_vector(self.transformer, batch.size, self.cfg.guidance, device))
+                                guidance_vector(self.transformer, batch.size, self.cfg.guidance, device),
+                                batch.token_weights(self.cfg.subject_loss_weight) if weighted else None)
         return loss
 
     def step(self) -> float:
@@ -264,7 +269,7 @@ class Trainer:
         """Mean loss on the fixed held-out batches, at fixed noise and times (of the EMA weights when kept)."""
         self.transformer.eval()
         with self.ema.applied() if self.ema is not None else _nothing():
-            losses = [self.loss_of(batch, -1, i).item() for i, batch in enumerate(self.eval_batches)]
+            losses = [self.loss_of(batch, -1, i, weighted=False).item() for i, batch in enumerate(self.eval_batches)]
         self.transformer.train()
         return float(np.mean(losses))
 
