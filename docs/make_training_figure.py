@@ -1,4 +1,4 @@
-"""Make docs/figures/demo-training.png: held-out loss of the shipped demo models over the six training stages.
+"""Make docs/figures/demo-training.png: held-out loss of the shipped demo models over the seven training stages.
 
     python docs/make_training_figure.py
 
@@ -8,8 +8,10 @@ docs/results/training/*-continued.jsonl, the runs' own metrics files; stage 3 (4
 (the layered model with merged locked layers), stage 4 (5250-6000) *-stage4.jsonl (aligned unlocked
 subjects and cover pruning), stage 5 (6000-7000) *-stage5.jsonl (the learning rate decayed linearly to
 zero: a cool-down), stage 6 (7000-7500) *-stage6.jsonl (70% aligned unlocked subjects, warmed up again and
-decayed to zero). The layered runs that were tried beside a shipped one and not shipped (the
-controls) are drawn dashed from where they started.
+decayed to zero), stage 7 (7500-9000) 1500 more steps of stage 6's recipe: the collage model in one run
+(*-stage7.jsonl), the layered one in two (demo-stage7.jsonl, the 500-step control of the subject-weighted
+loss, then demo-stage7-more.jsonl, 1000 steps from it). The layered runs that were tried beside a shipped
+one and not shipped (the controls) are drawn dashed from where they started.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ STAGE1 = {  # step -> held-out loss (16 fixed samples), docs/TRAINING.md
     "demo-collage": {250: 0.778, 1000: 0.454, 1500: 0.376, 2000: 0.345},
 }
 STAGES = (("continued", 2000, "stage 2: EMA 0.999,\nsample pool 8000"), ("stage3", 4250, "stage 3"),
-          ("stage4", 5250, "stage 4"), ("stage5", 6000, "stage 5:\nLR to 0"), ("stage6", 7000, "stage 6:\naligned 0.7"))
+          ("stage4", 5250, "stage 4"), ("stage5", 6000, "stage 5:\nLR to 0"), ("stage6", 7000, "stage 6:\naligned 0.7"),
+          ("stage7", 7500, "stage 7:\n1500 more"), ("stage7-more", 8000, None))
 CONTROLS = (  # file, the stage it belongs to, label
     ("demo-stage3-separate", "stage3", "stage 3 control: locked layers separate"),
     ("demo-stage4-control", "stage4", "stage 4 control: as stage 3"),
     ("demo-stage4-aligned", "stage4", "stage 4: aligned unlocked only (centre pruning)"),
     ("demo-stage6-control", "stage6", "stage 6 control: aligned 0.3"),
+    ("demo-stage7-subject-weight", "stage7", "stage 7 tried: subject loss weight 4"),
 )
 
 
@@ -60,14 +64,17 @@ def main() -> None:
                  if name == "demo" else "collage (demo-collage)")
         ax.plot(xs, ys, "o-", color=colour, markersize=3, label=label)
     offsets = {stage: offset for stage, offset, _ in STAGES}
-    for (file, stage, label), colour in zip(CONTROLS, ("#7f9fbf", "#9bbb59", "#f79646", "#8064a2"), strict=True):
+    for (file, stage, label), colour in zip(CONTROLS, ("#7f9fbf", "#9bbb59", "#f79646", "#8064a2", "#4bacc6"),
+                                   strict=True):
         path = RESULTS / f"{file}.jsonl"
         if path.is_file() and stage in starts:
             xs, ys = zip(*[starts[stage], *held_out(path, offsets[stage])], strict=True)
             ax.plot(xs, ys, "o--", color=colour, markersize=3, label=label)
     for _, step, text in STAGES:
+        if text is None:  # a stage's second run: no new boundary
+            continue
         ax.axvline(step, color="#999", linestyle="--", linewidth=0.8)
-        ax.text(step + 40, 0.7, text, fontsize=8, color="#555")
+        ax.text(step + 40, 0.7 if step < 7500 else 0.29, text, fontsize=8, color="#555")  # stage 7: below the legend
     ax.set_xlabel("optimizer step (batch 8)")
     ax.set_ylabel("held-out flow-matching loss (16 fixed samples)")
     ax.set_yscale("log")
