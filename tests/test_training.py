@@ -585,6 +585,7 @@ def test_aligned_unlocked_option_trains_on_its_own_pool_and_holds_out_the_papers
 
 
 def test_subject_loss_weight_weights_training_not_the_held_out_loss(scenes_dir, tmp_path):
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from layercomposer.cli import build_parser, main
@@ -611,8 +612,6 @@ def test_subject_loss_weight_weights_training_not_the_held_out_loss(scenes_dir, 
     u = sorted(first._pool)[0]
     path = first.pool_cache.path(u)
     tensors = load_file(str(path))
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
     del tensors["subject"]

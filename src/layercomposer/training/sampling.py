@@ -13,6 +13,7 @@ inference (`ConditioningBuilder`), and the two cannot disagree.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,13 +103,14 @@ def sample_training_canvas(
         if not others[name]:
             locked.add(name)
 
+    own = {name: target.layer(name) for name in names if name != BACKGROUND}  # T's subject layers, decoded once
     sample = TrainingSample(canvas=Canvas(picture.width, picture.height, prompt=target.prompt), target=picture,
-                            scene=scene.id, image=t_index, subjects=subject_alpha(target, names, picture.size))
+                            scene=scene.id, image=t_index, subjects=subject_alpha(own.values(), picture.size))
     for name in names:
         is_bg = name == BACKGROUND
         kind = "background" if is_bg else "subject"
         if name in locked:
-            image = LayerImage.from_pil(target.layer(name), source_name=f"{name}.png")
+            image = LayerImage.from_pil(target.layer(name) if is_bg else own[name], source_name=f"{name}.png")
             sample.canvas.layers.append(Layer(name=name, image=image, locked=True, kind=kind))
             sample.locked.append(name)
             continue
@@ -119,7 +121,7 @@ def sample_training_canvas(
         # The chance is only drawn when it is on, so the samples of runs without it stay what they were.
         if not is_bg and config.p_aligned_unlocked and rng.random() < config.p_aligned_unlocked:
             sample.sources[name] = t_index
-            sample.canvas.layers.append(place_aligned(name, target, rng, config))
+            sample.canvas.layers.append(place_aligned(name, own[name], rng, config))
             continue
         source = others[name][int(rng.integers(len(others[name])))]
         sample.sources[name] = source.index
@@ -127,28 +129,29 @@ def sample_training_canvas(
             bg = jitter_colours(source.layer(name), rng, config)
             sample.canvas.layers.append(Layer(name=name, image=LayerImage.from_pil(bg), kind="background"))
         else:
-            sample.canvas.layers.append(place_unlocked(name, target, source, rng, config))
+            sample.canvas.layers.append(place_unlocked(name, target, source, rng, config, own[name]))
     return sample
 
 
-def subject_alpha(target: SceneImage, names: list[str], size: tuple[int, int]) -> np.ndarray:
-    """(H, W) uint8: the largest alpha of the picture's subject layers (0 where it shows background only);
+def subject_alpha(layers: Iterable[Image.Image], size: tuple[int, int]) -> np.ndarray:
+    """(H, W) uint8: the largest alpha of a picture's subject layers (0 where it shows background only);
     `size` is the picture's (W, H)."""
     out = np.zeros((size[1], size[0]), np.uint8)
-    for name in names:
-        if name != BACKGROUND:
-            np.maximum(out, np.asarray(target.layer(name).getchannel("A"), np.uint8), out=out)
+    for layer in layers:
+        np.maximum(out, np.asarray(layer.getchannel("A"), np.uint8), out=out)
     return out
 
 
 def place_unlocked(
-    name: str, target: SceneImage, source: SceneImage, rng: np.random.Generator, config: SamplingConfig
+    name: str, target: SceneImage, source: SceneImage, rng: np.random.Generator, config: SamplingConfig,
+    target_layer: Image.Image | None = None,
 ) -> Layer:
-    """The subject cut from `source`, over T's subject: same centre and height, then jittered."""
+    """The subject cut from `source`, over T's subject: same centre and height, then jittered.
+    `target_layer` is T's layer of the subject when the caller has it decoded already."""
     src = source.layer(name)
     box = alpha_box(src)
     cut = src.crop(box)
-    t_box = alpha_box(target.layer(name))
+    t_box = alpha_box(target_layer if target_layer is not None else target.layer(name))
     tw, th = t_box[2] - t_box[0], t_box[3] - t_box[1]
     scale = th / cut.height * math.exp(rng.uniform(-config.scale_jitter, config.scale_jitter))
     cx = (t_box[0] + t_box[2]) / 2 + rng.uniform(-config.shift_jitter, config.shift_jitter) * tw
@@ -160,10 +163,10 @@ def place_unlocked(
                  scale=round(scale, 4), rotation=round(rotation, 2))
 
 
-def place_aligned(name: str, target: SceneImage, rng: np.random.Generator, config: SamplingConfig) -> Layer:
-    """T's own subject, unlocked: over its own pixels (its alpha box, scale 1), colours jittered."""
-    box = alpha_box(target.layer(name))
-    cut = jitter_colours(target.layer(name).crop(box), rng, config)
+def place_aligned(name: str, own: Image.Image, rng: np.random.Generator, config: SamplingConfig) -> Layer:
+    """T's own subject layer `own`, unlocked: over its own pixels (its alpha box, scale 1), colours jittered."""
+    box = alpha_box(own)
+    cut = jitter_colours(own.crop(box), rng, config)
     return Layer(name=name, image=LayerImage.from_pil(cut, source_name=f"{name}.png"), x=box[0], y=box[1])
 
 
