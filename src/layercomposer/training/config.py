@@ -211,6 +211,11 @@ class VaeTrainConfig:
     """Start from this AutoencoderKL folder instead of random weights."""
     decoder_only: bool = False
     """Train only the decoder: the latent space (and a transformer trained on it) stays valid."""
+    anchor_weight: float = 0.0
+    """With --init and the encoder training: weight of the mean squared distance, in normalised latent units
+    (those a transformer sees), between the encoder's latents and those of the --init encoder on the same
+    crops. The --init VAE's normalisation is kept, so a transformer trained on it stays close to valid while
+    the encoder learns to keep more."""
     layer_share: float = 0.35
     """Share of training crops taken from layers (on the fill colour) rather than pictures."""
     seed: int = 0
@@ -236,6 +241,9 @@ def add_vae_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", default=None, help="start from this AutoencoderKL folder")
     parser.add_argument("--decoder-only", action="store_true",
                         help="train the decoder only (keeps the latent space of --init)")
+    parser.add_argument("--anchor-weight", type=float, default=d.anchor_weight,
+                        help="with --init: train the encoder too, held this close to the --init encoder's "
+                             "latents (normalised units; keeps --init's normalisation)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--eval-data", default=None, help="held-out scenes for the reconstruction PSNR")
 

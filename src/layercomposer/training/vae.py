@@ -100,6 +100,11 @@ def train_vae(cfg: VaeTrainConfig, progress: bool = True) -> Path:
 
     if cfg.model not in REGISTRY:
         raise LayerComposerError(f"--model: unknown config {cfg.model!r} ({', '.join(REGISTRY)})")
+    if cfg.decoder_only and not cfg.init:
+        raise LayerComposerError("--decoder-only needs --init (the encoder whose latents to keep)")
+    if cfg.anchor_weight and not (cfg.init and math.isfinite(cfg.anchor_weight) and cfg.anchor_weight > 0
+                                  and not cfg.decoder_only):
+        raise LayerComposerError("--anchor-weight needs --init, no --decoder-only, and a positive finite weight")
     run = Path(cfg.output)
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
@@ -109,11 +114,16 @@ def train_vae(cfg: VaeTrainConfig, progress: bool = True) -> Path:
     else:
         vae = AutoencoderKL(**REGISTRY[cfg.model].vae).train()
     if cfg.decoder_only:
-        if not cfg.init:
-            raise LayerComposerError("--decoder-only needs --init (the encoder whose latents to keep)")
         vae.encoder.requires_grad_(False).eval()
         if vae.quant_conv is not None:
             vae.quant_conv.requires_grad_(False)
+    anchor = None
+    if cfg.anchor_weight:
+        # The --init encoder, frozen: the latents the transformers were trained on.
+        anchor = AutoencoderKL.from_pretrained(cfg.init, use_safetensors=True, torch_dtype=torch.float32).eval()
+        anchor.decoder = None
+        anchor.requires_grad_(False)
+    keep_normalisation = cfg.decoder_only or anchor is not None
     pictures, layers = _image_pool(SceneSet.load(cfg.data))
     optimizer = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     # Cosine decay to 5% over the run: a short CPU run needs the late small steps for sharp edges.
@@ -131,6 +141,12 @@ def train_vae(cfg: VaeTrainConfig, progress: bool = True) -> Path:
         kl = posterior.kl().mean() / (x.shape[-1] * x.shape[-2])
         # MSE is what PSNR measures; the gradient term keeps outlines sharp; the KL only bounds the scale.
         loss = F.mse_loss(recon, x) + cfg.edge_weight * edge_loss(recon, x) + cfg.kl_weight * kl
+        drift = None
+        if anchor is not None:
+            with torch.no_grad():
+                reference = anchor.encode(x).latent_dist.mode()
+            drift = F.mse_loss(posterior.mode(), reference) * anchor.config.scaling_factor ** 2
+            loss = loss + cfg.anchor_weight * drift
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -139,15 +155,18 @@ def train_vae(cfg: VaeTrainConfig, progress: bool = True) -> Path:
         window.append(loss.item())
         if step % cfg.log_every == 0 or step == cfg.steps:
             now = time.perf_counter()
-            log.write({"step": step, "loss": float(np.mean(window)), "psnr_batch": psnr(recon.detach(), x),
-                       "seconds_per_step": (now - t_last) / len(window)})
+            row = {"step": step, "loss": float(np.mean(window)), "psnr_batch": psnr(recon.detach(), x),
+                   "seconds_per_step": (now - t_last) / len(window)}
+            if drift is not None:
+                row["latent_drift_mse"] = float(drift)
+            log.write(row)
             window, t_last = [], now
         if step % cfg.save_every == 0 and step < cfg.steps:
-            save_vae(vae, pictures, cfg, run / "vae", keep_normalisation=cfg.decoder_only)
+            save_vae(vae, pictures, cfg, run / "vae", keep_normalisation=keep_normalisation)
             vae.train()
             if cfg.decoder_only:
                 vae.encoder.eval()
-    out = save_vae(vae, pictures, cfg, run / "vae", keep_normalisation=cfg.decoder_only)
+    out = save_vae(vae, pictures, cfg, run / "vae", keep_normalisation=keep_normalisation)
     if cfg.eval_data:
         held_pictures, _ = _image_pool(SceneSet.load(cfg.eval_data))
         report = {"heldout_psnr": evaluate_vae(vae, held_pictures[:64])}
@@ -162,7 +181,7 @@ def save_vae(vae, pictures: list, cfg: VaeTrainConfig, out: Path, keep_normalisa
     import tempfile
 
     vae.eval()
-    if not keep_normalisation:  # a decoder-only run must keep the latent space it was given
+    if not keep_normalisation:  # decoder-only and anchored runs keep the latent space they were given
         set_latent_normalisation(vae, pictures, cfg.seed)
     tmp = Path(tempfile.mkdtemp(prefix=".vae-", dir=out.parent))
     vae.save_pretrained(tmp, safe_serialization=True)
