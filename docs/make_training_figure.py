@@ -1,4 +1,4 @@
-"""Make docs/figures/demo-training.png: held-out loss of the shipped demo models over the seven training stages.
+"""Make docs/figures/demo-training.png: held-out loss of the shipped demo models over the training stages.
 
     python docs/make_training_figure.py
 
@@ -10,8 +10,10 @@ subjects and cover pruning), stage 5 (6000-7000) *-stage5.jsonl (the learning ra
 zero: a cool-down), stage 6 (7000-7500) *-stage6.jsonl (70% aligned unlocked subjects, warmed up again and
 decayed to zero), stage 7 (7500-9000) 1500 more steps of stage 6's recipe: the collage model in one run
 (*-stage7.jsonl), the layered one in two (demo-stage7.jsonl, the 500-step control of the subject-weighted
-loss, then demo-stage7-more.jsonl, 1000 steps from it). The layered runs that were tried beside a shipped
-one and not shipped (the controls) are drawn dashed from where they started.
+loss, then demo-stage7-more.jsonl, 1000 steps from it). Stage 8 trained the VAE's encoder only; stage 9
+(9000-10250, *-stage9.jsonl) trained both transformers on its latents (its first held-out loss is measured
+on latents the models had not seen), then the encoder once more, held near them. The layered runs that were
+tried beside a shipped one and not shipped (the controls) are drawn dashed from where they started.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ STAGE1 = {  # step -> held-out loss (16 fixed samples), docs/TRAINING.md
 }
 STAGES = (("continued", 2000, "stage 2: EMA 0.999,\nsample pool 8000"), ("stage3", 4250, "stage 3"),
           ("stage4", 5250, "stage 4"), ("stage5", 6000, "stage 5:\nLR to 0"), ("stage6", 7000, "stage 6:\naligned 0.7"),
-          ("stage7", 7500, "stage 7:\n1500 more"), ("stage7-more", 8000, None))
+          ("stage7", 7500, "stage 7:\n1500 more"), ("stage7-more", 8000, None),
+          ("stage9", 9000, "stage 9:\nnew latents"))
 CONTROLS = (  # file, the stage it belongs to, label
     ("demo-stage3-separate", "stage3", "stage 3 control: locked layers separate"),
     ("demo-stage4-control", "stage4", "stage 4 control: as stage 3"),
