@@ -158,7 +158,7 @@ def train_vae(cfg: VaeTrainConfig, progress: bool = True) -> Path:
             row = {"step": step, "loss": float(np.mean(window)), "psnr_batch": psnr(recon.detach(), x),
                    "seconds_per_step": (now - t_last) / len(window)}
             if drift is not None:
-                row["latent_drift_mse"] = float(drift)
+                row["latent_drift_mse"] = drift.item()  # the logged step's, not a window mean
             log.write(row)
             window, t_last = [], now
         if step % cfg.save_every == 0 and step < cfg.steps:
