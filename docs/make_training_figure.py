@@ -12,7 +12,8 @@ decayed to zero), stage 7 (7500-9000) 1500 more steps of stage 6's recipe: the c
 (*-stage7.jsonl), the layered one in two (demo-stage7.jsonl, the 500-step control of the subject-weighted
 loss, then demo-stage7-more.jsonl, 1000 steps from it). Stage 8 trained the VAE's encoder only; stage 9
 (9000-10250, *-stage9.jsonl) trained both transformers on its latents (its first held-out loss is measured
-on latents the models had not seen), then the encoder once more, held near them. The layered runs that were
+on latents the models had not seen), then the encoder once more, held near them; stage 10 (10250-11500,
+*-stage10.jsonl) the same again: the encoder first, then both transformers on its latents. The layered runs that were
 tried beside a shipped one and not shipped (the controls) are drawn dashed from where they started.
 """
 
@@ -35,7 +36,7 @@ STAGE1 = {  # step -> held-out loss (16 fixed samples), docs/TRAINING.md
 STAGES = (("continued", 2000, "stage 2: EMA 0.999,\nsample pool 8000"), ("stage3", 4250, "stage 3"),
           ("stage4", 5250, "stage 4"), ("stage5", 6000, "stage 5:\nLR to 0"), ("stage6", 7000, "stage 6:\naligned 0.7"),
           ("stage7", 7500, "stage 7:\n1500 more"), ("stage7-more", 8000, None),
-          ("stage9", 9000, "stage 9:\nnew latents"))
+          ("stage9", 9000, "stage 9:\nnew latents"), ("stage10", 10250, "stage 10:\nVAE, then\nnew latents"))
 CONTROLS = (  # file, the stage it belongs to, label
     ("demo-stage3-separate", "stage3", "stage 3 control: locked layers separate"),
     ("demo-stage4-control", "stage4", "stage 4 control: as stage 3"),
@@ -77,7 +78,8 @@ def main() -> None:
         if text is None:  # a stage's second run: no new boundary
             continue
         ax.axvline(step, color="#999", linestyle="--", linewidth=0.8)
-        ax.text(step + 40, 0.7 if step < 7500 else 0.29, text, fontsize=8, color="#555")  # stage 7: below the legend
+        y = 0.7 if step < 7500 else 0.29 if step < 10000 else 0.265  # from stage 7: below the legend, staggered
+        ax.text(step + 40, y, text, fontsize=8, color="#555")
     ax.set_xlabel("optimizer step (batch 8)")
     ax.set_ylabel("held-out flow-matching loss (16 fixed samples)")
     ax.set_yscale("log")
