@@ -13,7 +13,9 @@ decayed to zero), stage 7 (7500-9000) 1500 more steps of stage 6's recipe: the c
 loss, then demo-stage7-more.jsonl, 1000 steps from it). Stage 8 trained the VAE's encoder only; stage 9
 (9000-10250, *-stage9.jsonl) trained both transformers on its latents (its first held-out loss is measured
 on latents the models had not seen), then the encoder once more, held near them; stage 10 (10250-11500,
-*-stage10.jsonl) the same again: the encoder first, then both transformers on its latents. The layered runs that were
+*-stage10.jsonl) the same again: the encoder first, then both transformers on its latents; stage 11
+(11500-14500) three rounds of 1000 transformer steps at a higher rate, each warmed up and decayed to zero
+(*-stage11.jsonl, *-stage11-b.jsonl, *-stage11-c.jsonl). The layered runs that were
 tried beside a shipped one and not shipped (the controls) are drawn dashed from where they started.
 """
 
@@ -36,13 +38,15 @@ STAGE1 = {  # step -> held-out loss (16 fixed samples), docs/TRAINING.md
 STAGES = (("continued", 2000, "stage 2: EMA 0.999,\nsample pool 8000"), ("stage3", 4250, "stage 3"),
           ("stage4", 5250, "stage 4"), ("stage5", 6000, "stage 5:\nLR to 0"), ("stage6", 7000, "stage 6:\naligned 0.7"),
           ("stage7", 7500, "stage 7:\n1500 more"), ("stage7-more", 8000, None),
-          ("stage9", 9000, "stage 9:\nnew latents"), ("stage10", 10250, "stage 10:\nVAE, then\nnew latents"))
+          ("stage9", 9000, "stage 9:\nnew latents"), ("stage10", 10250, "stage 10:\nVAE, then\nnew latents"),
+          ("stage11", 11500, "stage 11:\n3 x 1000,\nLR 4e-4"), ("stage11-b", 12500, None), ("stage11-c", 13500, None))
 CONTROLS = (  # file, the stage it belongs to, label
     ("demo-stage3-separate", "stage3", "stage 3 control: locked layers separate"),
     ("demo-stage4-control", "stage4", "stage 4 control: as stage 3"),
     ("demo-stage4-aligned", "stage4", "stage 4: aligned unlocked only (centre pruning)"),
     ("demo-stage6-control", "stage6", "stage 6 control: aligned 0.3"),
     ("demo-stage7-subject-weight", "stage7", "stage 7 tried: subject loss weight 4"),
+    ("demo-stage11-lr1.5e-4", "stage11", "stage 11 tried: LR 1.5e-4"),
 )
 
 
@@ -52,7 +56,7 @@ def held_out(path: Path, offset: int) -> list[tuple[int, float]]:
 
 
 def main() -> None:
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(9, 4.4), dpi=120)
     starts: dict[str, tuple[int, float]] = {}  # the shipped layered model's point where each stage starts
     for name, colour in (("demo", "#1f4e79"), ("demo-collage", "#c0504d")):
         points = sorted(STAGE1[name].items())
@@ -68,8 +72,8 @@ def main() -> None:
                  if name == "demo" else "collage (demo-collage)")
         ax.plot(xs, ys, "o-", color=colour, markersize=3, label=label)
     offsets = {stage: offset for stage, offset, _ in STAGES}
-    for (file, stage, label), colour in zip(CONTROLS, ("#7f9fbf", "#9bbb59", "#f79646", "#8064a2", "#4bacc6"),
-                                   strict=True):
+    colours = ("#7f9fbf", "#9bbb59", "#f79646", "#8064a2", "#4bacc6", "#b5a642")
+    for (file, stage, label), colour in zip(CONTROLS, colours, strict=True):
         path = RESULTS / f"{file}.jsonl"
         if path.is_file() and stage in starts:
             xs, ys = zip(*[starts[stage], *held_out(path, offsets[stage])], strict=True)
@@ -78,7 +82,8 @@ def main() -> None:
         if text is None:  # a stage's second run: no new boundary
             continue
         ax.axvline(step, color="#999", linestyle="--", linewidth=0.8)
-        y = 0.7 if step < 7500 else 0.29 if step < 10000 else 0.265  # from stage 7: below the legend, staggered
+        # from stage 7: below the legend, staggered
+        y = 0.7 if step < 7500 else 0.265 if 10000 <= step < 11000 else 0.29
         ax.text(step + 40, y, text, fontsize=8, color="#555")
     ax.set_xlabel("optimizer step (batch 8)")
     ax.set_ylabel("held-out flow-matching loss (16 fixed samples)")
