@@ -124,6 +124,7 @@ BAD = [
     (["generate", "{bad}", "-o", "{out}"], "layers[0].scale: must be positive"),
     (["generate", "{canvas}", "-o", "{tmp}/no/such/dir/out.png"], "does not exist"),
     (["flatten", "{notimage}", "-o", "{out}"], "not an image"),
+    (["eval", "sprites", "--model", "tiny-random", "--occlusion-only", "--scenes", "2"], "give --collage-model"),
 ]
 
 

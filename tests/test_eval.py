@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,16 @@ from PIL import Image
 from layercomposer.data.scenes import SceneSet
 from layercomposer.errors import LayerComposerError
 from layercomposer.eval.metrics import locate, psnr, ssim
-from layercomposer.eval.sprites import build_cases, canvas_preview, results_markdown, run_eval, visible_masks
+from layercomposer.eval.sprites import (
+    MIN_REVEALED_PIXELS,
+    build_cases,
+    canvas_preview,
+    occlusion_markdown,
+    paired_difference,
+    results_markdown,
+    run_eval,
+    visible_masks,
+)
 from layercomposer.world import generate_dataset
 
 
@@ -107,6 +117,64 @@ def test_eval_with_strength_adds_an_image_to_image_run(heldout, tmp_path):
                  progress=False, strength=1.5)
 
 
+@pytest.fixture(scope="module")
+def heldout_many(tmp_path_factory):
+    root = tmp_path_factory.mktemp("heldout-many")
+    generate_dataset(root, 30, seed=1, size=256, split="heldout")  # a few of its cases reveal >= 30 px
+    return root
+
+
+def test_occlusion_only_cases_are_the_full_runs_subset(heldout_many):
+    scenes = SceneSet.load(heldout_many)
+    full = build_cases(scenes, 30)
+    subset = [c for c in full if c.revealed_pixels >= MIN_REVEALED_PIXELS]
+    assert 2 <= len(subset) < len(full)  # the fixture has both kinds
+    only = build_cases(scenes, len(subset), occlusion_only=True)
+    # Same canvases, same indices (the sampling seed), same order as the full run's subset.
+    assert [(c.index, c.scene.id, c.sample.image) for c in only] == \
+        [(c.index, c.scene.id, c.sample.image) for c in subset]
+    assert all((a.revealed_mask == b.revealed_mask).all() for a, b in zip(only, subset, strict=True))
+    for case in only:
+        # the revealed mask by hand: the union of the per-character masks
+        union = np.zeros_like(case.revealed_mask)
+        for mask in case.revealed.values():
+            union |= mask
+        assert (union == case.revealed_mask).all() and case.revealed_pixels == int(union.sum())
+    assert [c.index for c in build_cases(scenes, 1, occlusion_only=True)] == [subset[0].index]
+
+
+def test_eval_occlusion_only_on_tiny_models(heldout_many, tmp_path):
+    report = run_eval("tiny-random", "tiny-random", str(heldout_many), scenes=2, steps=1, guidance=None,
+                      figures=tmp_path / "figs", progress=False, hard_lock=False, occlusion_only=True)
+    cases, oc = report["cases"], report["summary"]["occlusion"]
+    assert len(cases) == 2 and all("revealed" in c for c in cases)
+    # only the two models compared (and the free references): no unpruned run, no lock flip
+    assert all(set(c["psnr_image"]) == {"layered", "collage", "vae", "paste"} and "lock_flip" not in c
+               for c in cases)
+    assert "unpruned" not in cases[0]["tokens"] and report["summary"]["pruning"]["psnr_unpruned"] is None
+    diffs = [c["revealed"]["layered"] - c["revealed"]["collage"] for c in cases]
+    assert oc["cases"] == oc["pairs"] == 2 and oc["difference"] == pytest.approx(np.mean(diffs))
+    assert oc["difference_se"] == pytest.approx(abs(diffs[0] - diffs[1]) / 2)  # sd/sqrt(2) of two values
+    # its own figure, never the full run's grids
+    assert [Path(f).name for f in report["figures"] if f] == ["occlusion_only.png"]
+    text = occlusion_markdown(report, "layercomposer eval sprites --occlusion-only ...", "a test")
+    assert "2 test canvases of the occlusion subset" in text and "| collage model |" in text
+    assert "occlusion_only.png" in text
+    with pytest.raises(LayerComposerError, match="collage-model"):
+        run_eval("tiny-random", None, str(heldout_many), scenes=2, steps=1, guidance=None, figures=None,
+                 progress=False, occlusion_only=True)
+
+
+def test_paired_difference_by_hand():
+    # differences 1, 2, -1: mean 2/3; deviations 1/3, 4/3, -5/3, sample variance (1 + 16 + 25) / 9 / 2 = 7/3
+    out = paired_difference([1.0, 2.0, 3.0, None, 5.0], [0.0, 0.0, 4.0, 1.0, math.nan])
+    assert out["pairs"] == 3 and out["better"] == 2
+    assert out["difference"] == pytest.approx(2 / 3)
+    assert out["difference_se"] == pytest.approx(math.sqrt(7 / 3) / math.sqrt(3))
+    assert paired_difference([1.0], [0.5]) == {"difference": 0.5, "difference_se": None, "better": 1, "pairs": 1}
+    assert paired_difference([], [])["difference"] is None
+
+
 def test_missed_targets_and_locked_characters_by_background():
     from layercomposer.eval.sprites import locked_subjects_by_background, missed_targets
 
@@ -119,6 +187,13 @@ def test_missed_targets_and_locked_characters_by_background():
     assert "22.00 dB, itself 3.00 dB short of 25" in text
     assert "Unlocked regions: 0.50 dB below naive pasting" in text
     assert "Occlusion" not in text and "Pruning" not in text  # met (pruning within 0.3 dB)
+    summary["occlusion"] = {"layered": 13.67, "collage": 13.82, "cases": 27, "difference_se": 0.42}
+    assert ("Occlusion subset: 0.15 dB below the collage model (the paired difference has a standard error of "
+            "0.42 dB over 27 cases: within noise)") in "\n".join(missed_targets(summary))
+    summary["occlusion"]["difference_se"] = 0.05
+    assert "0.15 dB below the collage model (" in "\n".join(missed_targets(summary))
+    assert "more than two standard errors" in "\n".join(missed_targets(summary))
+    summary["occlusion"] = {"layered": 14.0, "collage": 13.0}
     summary["locked"] = {"psnr": 26.0, "vae_ceiling": 30.0}
     summary["unlocked"]["layered"] = 12.0
     assert "the model is what falls short" in "\n".join(missed_targets(summary))

@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip the extra run of the layered model with --hard-lock")
     es.add_argument("--strength", type=float, default=None,
                     help="also run the layered model image-to-image from the flattened canvas at this strength")
+    es.add_argument("--occlusion-only", action="store_true",
+                    help="evaluate only canvases of the occlusion subset (--scenes of them), layered against "
+                    "--collage-model, no other ablation; --results writes that subset's own page")
     es.set_defaults(func=cmd_eval_sprites)
     ex = ev_sub.add_parser("examples", help="figure of the example canvases rendered by a model")
     ex.add_argument("--model", default=None, help="layered model (default: demo)")
@@ -579,20 +582,21 @@ def cmd_eval_examples(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_sprites(args: argparse.Namespace) -> int:
-    from .eval.sprites import results_markdown, run_eval, save_report
+    from .eval.sprites import occlusion_markdown, results_markdown, run_eval, save_report
 
     if not 1 <= args.scenes <= 10_000:
         raise LayerComposerError(f"--scenes: must be between 1 and 10000, got {args.scenes}")
     report = run_eval(args.model or default_model(), args.collage_model, args.data, args.scenes, args.steps,
                       args.guidance, Path(args.figures) if args.figures else None, hard_lock=args.hard_lock,
-                      strength=args.strength)
+                      strength=args.strength, occlusion_only=args.occlusion_only)
     if args.json:
         save_report(report, Path(args.json))
     if args.results:
         command = "layercomposer " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("layercomposer") else \
             "layercomposer eval sprites ..."
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.results).write_text(results_markdown(report, command, args.machine))
+        page = occlusion_markdown if args.occlusion_only else results_markdown
+        Path(args.results).write_text(page(report, command, args.machine))
     print(json.dumps(report["summary"], indent=2))
     return 0
 

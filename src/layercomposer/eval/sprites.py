@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw
 
 from ..canvas import Canvas, Layer, LayerImage
 from ..data.scenes import BACKGROUND, Scene, SceneSet
+from ..errors import LayerComposerError
 from ..training.sampling import SamplingConfig, TrainingSample, alpha_box, place_unlocked, sample_training_canvas
 from .metrics import locate, psnr, ssim
 
@@ -43,6 +44,8 @@ EVAL_SAMPLING = SamplingConfig(
 )
 MIN_REVEALED_PIXELS = 30
 """A case enters the occlusion subset when T shows at least this many pixels the collage hides."""
+OCCLUSION_SCENES_PER_CASE = 5
+"""Held-out scenes generated per case asked for by an occlusion-only run without --data."""
 
 
 @dataclass
@@ -56,6 +59,18 @@ class Case:
     """Layer name -> (H, W) bool: where that layer is what T shows (alpha > 0.5, nothing in front)."""
     revealed: dict[str, np.ndarray]
     """Unlocked character -> pixels it shows in T but that later layers cover in the canvas's collage."""
+
+    @property
+    def revealed_mask(self) -> np.ndarray:
+        """Every pixel that T shows and the collage hides (all unlocked characters together)."""
+        out = np.zeros(self.sample.target.size[::-1], bool)
+        for mask in self.revealed.values():
+            out |= mask
+        return out
+
+    @property
+    def revealed_pixels(self) -> int:
+        return int(self.revealed_mask.sum())
 
     @property
     def background(self) -> str:
@@ -96,18 +111,26 @@ def revealed_masks(canvas: Canvas, visible: dict[str, np.ndarray], unlocked: lis
     return out
 
 
-def build_cases(scenes: SceneSet, count: int, seed: int = EVAL_SEED) -> list[Case]:
-    """`count` test canvases from scenes with at least two pictures, one per scene in order."""
+def build_cases(scenes: SceneSet, count: int, seed: int = EVAL_SEED, occlusion_only: bool = False) -> list[Case]:
+    """`count` test canvases from scenes with at least two pictures, one per scene in order.
+
+    `occlusion_only` keeps only the canvases that enter the occlusion subset (at least MIN_REVEALED_PIXELS that
+    T shows and the collage hides). A case keeps the index (and so the canvas and the sampling seed) it has
+    in the full run: the occlusion subset of a full run on the same scenes is the start of this one."""
     cases = []
+    candidates = 0
     for scene in scenes.scenes:
         if len(cases) == count:
             break
         if len(scene.images) < 2:
             continue
-        rng = np.random.default_rng([seed, len(cases)])
+        rng = np.random.default_rng([seed, candidates])
         sample = sample_training_canvas(scene, rng, EVAL_SAMPLING)
         visible = visible_masks(scene.images[sample.image])
-        cases.append(Case(len(cases), scene, sample, visible, revealed_masks(sample.canvas, visible, sample.unlocked)))
+        case = Case(candidates, scene, sample, visible, revealed_masks(sample.canvas, visible, sample.unlocked))
+        candidates += 1
+        if not occlusion_only or case.revealed_pixels >= MIN_REVEALED_PIXELS:
+            cases.append(case)
     return cases
 
 
@@ -158,9 +181,10 @@ def vae_reconstruction(pipe, image: Image.Image) -> Image.Image:
 
 
 def evaluate_case(case: Case, pipe, collage_pipe, steps: int, guidance: float | None,
-                  hard_lock: bool = True, strength: float | None = None) -> tuple[dict, dict]:
+                  hard_lock: bool = True, strength: float | None = None, ablations: bool = True) -> tuple[dict, dict]:
     """Metrics of one case, and the pictures made for it (`hard_lock`: also the layered model hard-locked;
-    `strength`: also the layered model image-to-image from the flattened canvas at that strength)."""
+    `strength`: also the layered model image-to-image from the flattened canvas at that strength;
+    `ablations=False` skips the unpruned run and the lock flip, two samplings a case)."""
     from ..world import classify_background, classify_lighting
 
     sample, seed = case.sample, 1000 + case.index
@@ -168,8 +192,11 @@ def evaluate_case(case: Case, pipe, collage_pipe, steps: int, guidance: float | 
     pics: dict[str, Image.Image] = {"target": target, "paste": paste(sample.canvas),
                                     "vae": vae_reconstruction(pipe, target)}
     layered, s_layered = _generate(pipe, sample.canvas, "layered", steps, seed, guidance)
-    unpruned, s_unpruned = _generate(pipe, sample.canvas, "unpruned", steps, seed, guidance)
-    pics["layered"], pics["unpruned"] = layered.image, unpruned.image
+    pics["layered"] = layered.image
+    unpruned, s_unpruned = None, math.nan
+    if ablations:
+        unpruned, s_unpruned = _generate(pipe, sample.canvas, "unpruned", steps, seed, guidance)
+        pics["unpruned"] = unpruned.image
     if collage_pipe is not None:
         pics["collage"] = _generate(collage_pipe, sample.canvas, "collage", steps, seed, guidance)[0].image
     if hard_lock:
@@ -183,8 +210,9 @@ def evaluate_case(case: Case, pipe, collage_pipe, steps: int, guidance: float | 
         "locked": sample.locked, "unlocked": sample.unlocked, "dropped": sample.dropped,
         "psnr_image": {k: psnr(pics[k], target) for k in engines},
         "ssim_image": {k: ssim(pics[k], target) for k in engines},
-        "tokens": {"layered": layered.plan.total, "unpruned": unpruned.plan.total, "noisy": layered.plan.noisy},
-        "seconds_per_step": {"layered": s_layered, "unpruned": s_unpruned},
+        "tokens": {"layered": layered.plan.total, "noisy": layered.plan.noisy,
+                   **({"unpruned": unpruned.plan.total} if unpruned is not None else {})},
+        "seconds_per_step": {"layered": s_layered, **({"unpruned": s_unpruned} if unpruned is not None else {})},
     }
     record["locked_regions"] = [
         {"name": name, "pixels": int(case.visible[name].sum()),
@@ -209,9 +237,7 @@ def evaluate_case(case: Case, pipe, collage_pipe, steps: int, guidance: float | 
                 entry["layout_error_px_collage"] = float(math.hypot(cdx, cdy))
         unlocked_regions.append(entry)
     record["unlocked_regions"] = unlocked_regions
-    revealed = np.zeros(target.size[::-1], bool)
-    for mask in case.revealed.values():
-        revealed |= mask
+    revealed = case.revealed_mask
     if revealed.sum() >= MIN_REVEALED_PIXELS:
         record["revealed"] = {"pixels": int(revealed.sum()),
                               **{k: psnr(pics[k], target, revealed) for k in engines if k != "vae"}}
@@ -222,7 +248,7 @@ def evaluate_case(case: Case, pipe, collage_pipe, steps: int, guidance: float | 
                                 "lighting": classify_lighting(pics[k]) == truth_light}
                             for k in ("layered", "strength", "collage") if k in pics}
     # A character can be flipped to unlocked only if another picture of the scene shows it.
-    subjects = [n for n in scene_image.subjects if case.visible[n].any()
+    subjects = [n for n in scene_image.subjects if ablations and case.visible[n].any()
                 and any(n in im.layers and im.index != sample.image for im in case.scene.images)]
     if subjects:
         # One character locked vs unlocked, everything else as in the case.
@@ -244,6 +270,18 @@ def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
 def _mean(values: list[float]) -> float | None:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(vals)) if vals else None
+
+
+def paired_difference(a: list[float | None], b: list[float | None]) -> dict[str, Any]:
+    """Mean of a - b over the pairs where both are finite, its standard error (sample standard deviation over
+    sqrt(n); None below two pairs) and in how many pairs a is above b."""
+    pairs = [(x, y) for x, y in zip(a, b, strict=True)
+             if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
+    if not pairs:
+        return {"difference": None, "difference_se": None, "better": 0, "pairs": 0}
+    d = np.array([x - y for x, y in pairs], dtype=float)
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else None
+    return {"difference": float(d.mean()), "difference_se": se, "better": int((d > 0).sum()), "pairs": len(d)}
 
 
 def summarise(records: list[dict]) -> dict[str, Any]:
@@ -278,16 +316,17 @@ def summarise(records: list[dict]) -> dict[str, Any]:
         "image": {k: {"psnr": _mean([rec["psnr_image"].get(k) for rec in records]),
                       "ssim": _mean([rec["ssim_image"].get(k) for rec in records])} for k in engines},
         "occlusion": {"cases": len(occl),
-                      **{k: _mean([o.get(k) for o in occl]) for k in ("layered", "hard_lock", "strength", "collage")}},
+                      **{k: _mean([o.get(k) for o in occl]) for k in ("layered", "hard_lock", "strength", "collage")},
+                      **paired_difference([o.get("layered") for o in occl], [o.get("collage") for o in occl])},
         "lock_flip": {"cases": len(flips), "locked": _mean([f["locked"] for f in flips]),
                       "unlocked": _mean([f["unlocked"] for f in flips])},
         "pruning": {
             "psnr_layered": _mean([rec["psnr_image"]["layered"] for rec in records]),
-            "psnr_unpruned": _mean([rec["psnr_image"]["unpruned"] for rec in records]),
+            "psnr_unpruned": _mean([rec["psnr_image"].get("unpruned") for rec in records]),
             "tokens_layered": _mean([rec["tokens"]["layered"] for rec in records]),
-            "tokens_unpruned": _mean([rec["tokens"]["unpruned"] for rec in records]),
+            "tokens_unpruned": _mean([rec["tokens"].get("unpruned") for rec in records]),
             "seconds_per_step_layered": _mean([rec["seconds_per_step"]["layered"] for rec in records]),
-            "seconds_per_step_unpruned": _mean([rec["seconds_per_step"]["unpruned"] for rec in records]),
+            "seconds_per_step_unpruned": _mean([rec["seconds_per_step"].get("unpruned") for rec in records]),
         },
         "prompt": {
             "cases": len(prompt_cases),
@@ -349,9 +388,13 @@ def figure_grid(rows: list[list[Image.Image]], header: list[str], out: Path, cel
 def run_eval(
     model: str, collage_model: str | None, data: str | None, scenes: int, steps: int, guidance: float | None,
     figures: Path | None, figure_rows: int = 6, progress: bool = True, hard_lock: bool = True,
-    strength: float | None = None,
+    strength: float | None = None, occlusion_only: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate on `scenes` held-out cases; returns {"summary", "cases", "settings"}."""
+    """Evaluate on `scenes` held-out cases; returns {"summary", "cases", "settings"}.
+
+    `occlusion_only`: `scenes` cases of the occlusion subset only (the scenes scanned in order as in a full run,
+    the others skipped), each with the layered and the collage model and no other ablation; for an ordering of
+    the two models on that subset with a small standard error."""
     import sys
     import tempfile
 
@@ -362,37 +405,47 @@ def run_eval(
 
     if strength is not None:
         skipped_steps(steps, strength)  # a bad strength fails before the models load
+    if occlusion_only and collage_model is None:
+        raise LayerComposerError("the occlusion-only evaluation compares with a collage model: give --collage-model")
     pipe = LayerComposerPipeline.from_pretrained(model)
     collage_pipe = LayerComposerPipeline.from_pretrained(collage_model) if collage_model else None
     with tempfile.TemporaryDirectory() as tmp:
         root = data
         if root is None:
-            # Enough held-out scenes for `scenes` cases (a few have one picture only).
-            generate_dataset(tmp, int(scenes * 1.25) + 5, seed=EVAL_SEED, size=256, split="heldout")
+            # Enough held-out scenes for `scenes` cases (a few have one picture only; about one canvas in
+            # four enters the occlusion subset).
+            factor = OCCLUSION_SCENES_PER_CASE if occlusion_only else 1.25
+            generate_dataset(tmp, int(scenes * factor) + 5, seed=EVAL_SEED, size=256, split="heldout")
             root = tmp
-        cases = build_cases(SceneSet.load(root), scenes)
+        cases = build_cases(SceneSet.load(root), scenes, occlusion_only=occlusion_only)
+        if occlusion_only and len(cases) < scenes:
+            print(f"layercomposer: only {len(cases)} of the {scenes} occlusion cases asked for in {root}; "
+                  "evaluating those (generate more held-out scenes for more)", file=sys.stderr)
         records, fig_rows, occl_rows = [], [], []
         for case in tqdm(cases, desc="eval", unit="case", file=sys.stderr, disable=not progress):
-            record, pics = evaluate_case(case, pipe, collage_pipe, steps, guidance, hard_lock, strength)
+            record, pics = evaluate_case(case, pipe, collage_pipe, steps, guidance, hard_lock, strength,
+                                         ablations=not occlusion_only)
             records.append(record)
             row = [canvas_preview(case.sample.canvas), pics.get("collage", pics["paste"]), pics["layered"],
                    *([pics["hard_lock"]] if hard_lock else []), *([pics["strength"]] if strength else []),
                    pics["target"]]
-            if len(fig_rows) < figure_rows:
+            if len(fig_rows) < figure_rows and not occlusion_only:
                 fig_rows.append(row)
             if "revealed" in record and len(occl_rows) < figure_rows:
                 occl_rows.append(row)
     settings = {"model": model, "collage_model": collage_model, "scenes": scenes, "steps": steps,
                 "guidance": guidance if guidance is not None else pipe.guidance_scale, "eval_seed": EVAL_SEED,
-                "hard_lock": hard_lock, "strength": strength}
+                "hard_lock": hard_lock, "strength": strength, "occlusion_only": occlusion_only}
     report = {"settings": settings, "summary": summarise(records), "cases": records}
     if figures is not None:
         second = "collage model" if collage_pipe is not None else "pasted"
         header = ["canvas (green locked)", second, "layered model", *(["+ hard lock"] if hard_lock else []),
                   *([f"strength {strength:g}"] if strength else []), "target"]
+        # The occlusion-only run writes its own file, so that it never replaces a full run's figures.
         report["figures"] = [
-            str(figure_grid(fig_rows, header, figures / "sprites_grid.png")),
-            str(figure_grid(occl_rows, header, figures / "sprites_occlusion.png")) if occl_rows else None,
+            str(figure_grid(fig_rows, header, figures / "sprites_grid.png")) if fig_rows else None,
+            str(figure_grid(occl_rows, header, figures / ("occlusion_only.png" if occlusion_only else
+                                                          "sprites_occlusion.png"))) if occl_rows else None,
         ]
     return report
 
@@ -440,7 +493,7 @@ def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
         f"| unlocked-region PSNR above naive pasting | {_f(ul['layered'])} vs pasting {_f(ul['paste'])} "
         f"({ul['regions']} characters) | {verdict(unlocked_ok)} |",
         f"| layered model above the collage model on the occlusion subset | {_f(oc['layered'])} vs "
-        f"{_f(oc['collage'])} ({oc['cases']} cases) | {verdict(occl_ok)} |",
+        f"{_f(oc['collage'])} ({oc['cases']} cases{_paired(oc)}) | {verdict(occl_ok)} |",
         f"| pruned within {PRUNE_TOLERANCE_DB:g} dB of unpruned (or above), with fewer tokens | "
         f"{_f(pr['psnr_layered'])} vs "
         f"{_f(pr['psnr_unpruned'])}; {_f(pr['tokens_layered'], '', 0)} vs {_f(pr['tokens_unpruned'], '', 0)} "
@@ -503,6 +556,47 @@ def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def occlusion_markdown(report: dict[str, Any], command: str, machine: str) -> str:
+    """The page of an occlusion-only run: the layered and the collage model on the occlusion subset alone."""
+    s, st = report["summary"], report["settings"]
+    oc = s["occlusion"]
+    diff, se = oc.get("difference"), oc.get("difference_se")
+    if diff is None or se is None:
+        verdict = "not measured (fewer than two cases)"
+    elif diff - 2 * se > 0:
+        verdict = "the layered model is above the collage model (the difference is more than two standard errors)"
+    elif diff + 2 * se < 0:
+        verdict = "the layered model is below the collage model (the difference is more than two standard errors)"
+    else:
+        verdict = "the two models are not told apart (the difference is within two standard errors)"
+    revealed = [rec["revealed"] for rec in report["cases"] if "revealed" in rec]
+    lines = [
+        "# Results: the occlusion subset alone",
+        "",
+        f"Measured with `{command}` on {machine}. {oc['cases']} test canvases of the occlusion subset: canvases "
+        "built from held-out scenes exactly as in the full evaluation (the same sampler and seeds), kept only "
+        f"when the target shows at least {MIN_REVEALED_PIXELS} pixels of an unlocked character that another "
+        "layer hides in the flattened canvas (the collage). PSNR over those revealed pixels against the target, "
+        f"averaged over cases, in dB; {st['steps']} sampling steps, guidance {st['guidance']}.",
+        "",
+        "| | PSNR on the revealed pixels |",
+        "|---|---|",
+        f"| layered model | {_f(oc['layered'])} |",
+        f"| collage model | {_f(oc['collage'])} |",
+        f"| naive pasting | {_f(_mean([r.get('paste') for r in revealed]))} |",
+        "",
+        f"Layered minus collage, paired by case: {_f(diff)} (standard error {_f(se)}; the layered model above in "
+        f"{oc.get('better', 0)} of {oc.get('pairs', 0)} cases): {verdict}. Revealed pixels per case: "
+        f"{_f(_mean([float(r['pixels']) for r in revealed]), '', 0)} on average.",
+    ]
+    figures = [f for f in report.get("figures", []) if f]
+    if figures:
+        lines += ["", "Columns: canvas (locked layers outlined green, unlocked orange) | collage model | layered "
+                  "model | target."]
+        lines += ["", *(f"![{Path(fig).stem}](figures/{Path(fig).name})" for fig in figures)]
+    return "\n".join(lines) + "\n"
+
+
 def locked_subjects_by_background(cases: list[dict[str, Any]]) -> dict[str, tuple[int, float, float]]:
     """Locked characters (not the background layer) grouped by the case's background (`none`, `unlocked`,
     `locked`): {background: (regions, mean PSNR of the layered model, mean VAE ceiling)}, groups with any."""
@@ -550,7 +644,11 @@ def missed_targets(summary: dict[str, Any]) -> list[str]:
     if met["unlocked"] is False:
         lines.append(f"- Unlocked regions: {ul['paste'] - ul['layered']:.2f} dB below naive pasting.")
     if met["occlusion"] is False:
-        lines.append(f"- Occlusion subset: {oc['collage'] - oc['layered']:.2f} dB below the collage model.")
+        se = oc.get("difference_se")
+        noise = "" if se is None else (
+            f" (the paired difference has a standard error of {se:.2f} dB over {oc['cases']} cases: "
+            + ("within noise" if oc["collage"] - oc["layered"] <= 2 * se else "more than two standard errors") + ")")
+        lines.append(f"- Occlusion subset: {oc['collage'] - oc['layered']:.2f} dB below the collage model{noise}.")
     if met["pruning"] is False:
         # Name only the parts that fail: the quality cost, the token count, or both.
         drop = pr["psnr_unpruned"] - pr["psnr_layered"]
@@ -562,6 +660,11 @@ def missed_targets(summary: dict[str, Any]) -> list[str]:
                            "unpruned)")
         lines.append(f"- Pruning: {' and '.join(reasons)}.")
     return ["", "Where a target is missed:", "", *lines] if lines else []
+
+
+def _paired(oc: dict[str, Any]) -> str:
+    """`; paired s.e. 0.42 dB` for the occlusion row (older reports have no paired statistics)."""
+    return "" if oc.get("difference_se") is None else f"; paired s.e. {oc['difference_se']:.2f} dB"
 
 
 def _ms(seconds: float | None) -> float | None:
