@@ -115,8 +115,17 @@ def test_save_and_load_gives_the_same_picture(tiny_pipe, tmp_path):
     ]
     assert list((tmp_path / "model" / "transformer").glob("*.safetensors"))
     loaded = LayerComposerPipeline.from_pretrained(tmp_path / "model")
+    # The round trip keeps every weight bit for bit, and the settings.
+    for name in ("transformer", "vae", "text_encoder"):
+        ours, theirs = getattr(tiny_pipe, name), getattr(loaded, name)
+        ours, theirs = getattr(ours, "model", ours).state_dict(), getattr(theirs, "model", theirs).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    assert (loaded.guidance_scale, loaded.default_steps) == (tiny_pipe.guidance_scale, tiny_pipe.default_steps)
     after = loaded(canvas, num_inference_steps=2, seed=3)
-    assert np.array_equal(np.asarray(before), np.asarray(after))
+    # The same picture. Not always to the last bit: on an AMD EPYC (torch 2.13 CPU) the loaded weights, the same
+    # bits in other memory, gave one pixel of 12288 one level off (float rounding), on an Intel Xeon none.
+    diff = np.abs(np.asarray(before, dtype=int) - np.asarray(after, dtype=int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
 def test_tiny_random_is_the_same_model_every_time(tiny_pipe):
