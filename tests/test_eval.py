@@ -159,7 +159,9 @@ def test_eval_occlusion_only_on_tiny_models(heldout_many, tmp_path):
     assert [Path(f).name for f in report["figures"] if f] == ["occlusion_only.png"]
     text = occlusion_markdown(report, "layercomposer eval sprites --occlusion-only ...", "a test")
     assert "2 test canvases of the occlusion subset" in text and "| collage model |" in text
-    assert "occlusion_only.png" in text
+    assert "occlusion_only.png" in text and "hard-lock" not in text
+    report["summary"]["occlusion"]["hard_lock"] = 11.5  # a run with the hard-locked layered model adds its row
+    assert "| layered model, `--hard-lock` | 11.50 dB |" in occlusion_markdown(report, "...", "a test")
     with pytest.raises(LayerComposerError, match="collage-model"):
         run_eval("tiny-random", None, str(heldout_many), scenes=2, steps=1, guidance=None, figures=None,
                  progress=False, occlusion_only=True)

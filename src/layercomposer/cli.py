@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also run the layered model image-to-image from the flattened canvas at this strength")
     es.add_argument("--occlusion-only", action="store_true",
                     help="evaluate only canvases of the occlusion subset (--scenes of them), layered against "
-                    "--collage-model, no other ablation; --results writes that subset's own page")
+                    "--collage-model (and hard-locked unless --no-hard-lock), no unpruned run or lock flip; --results "
+                    "writes that subset's own page")
     es.set_defaults(func=cmd_eval_sprites)
     ex = ev_sub.add_parser("examples", help="figure of the example canvases rendered by a model")
     ex.add_argument("--model", default=None, help="layered model (default: demo)")

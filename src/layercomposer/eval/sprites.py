@@ -583,6 +583,7 @@ def occlusion_markdown(report: dict[str, Any], command: str, machine: str) -> st
         "|---|---|",
         f"| layered model | {_f(oc['layered'])} |",
         f"| collage model | {_f(oc['collage'])} |",
+        *([f"| layered model, `--hard-lock` | {_f(oc['hard_lock'])} |"] if oc.get("hard_lock") is not None else []),
         f"| naive pasting | {_f(_mean([r.get('paste') for r in revealed]))} |",
         "",
         f"Layered minus collage, paired by case: {_f(diff)} (standard error {_f(se)}; the layered model above in "
