@@ -248,9 +248,9 @@ def evaluate_case(case: Case, pipe, collage_pipe, steps: int, guidance: float | 
                                 "lighting": classify_lighting(pics[k]) == truth_light}
                             for k in ("layered", "strength", "collage") if k in pics}
     # A character can be flipped to unlocked only if another picture of the scene shows it.
-    subjects = [n for n in scene_image.subjects if ablations and case.visible[n].any()
+    subjects = [n for n in scene_image.subjects if case.visible[n].any()
                 and any(n in im.layers and im.index != sample.image for im in case.scene.images)]
-    if subjects:
+    if ablations and subjects:
         # One character locked vs unlocked, everything else as in the case.
         name = subjects[0]
         flipped = _generate(pipe, flip_lock(case, name), "layered", steps, seed, guidance)[0].image
