@@ -172,7 +172,7 @@ def test_paired_difference_by_hand():
 
 
 def test_missed_targets_and_locked_characters_by_background():
-    from layercomposer.eval.sprites import locked_subjects_by_background, missed_targets
+    from layercomposer.eval.sprites import locked_subjects_by_background, missed_targets, targets_met
 
     summary = {"locked": {"psnr": 20.5, "vae_ceiling": 22.0}, "unlocked": {"layered": 11.0, "paste": 11.5},
                "occlusion": {"layered": 14.0, "collage": 13.0},
@@ -189,6 +189,15 @@ def test_missed_targets_and_locked_characters_by_background():
     summary["occlusion"]["difference_se"] = 0.05
     assert "0.15 dB below the collage model (" in "\n".join(missed_targets(summary))
     assert "more than two standard errors" in "\n".join(missed_targets(summary))
+    # Above the collage model, but by less than two standard errors: not shown, so missed (RESULTS.md's 27 cases
+    # of stage 11 at guidance 2: 13.93 against 13.76, s.e. 0.40).
+    summary["occlusion"] = {"layered": 13.93, "collage": 13.76, "cases": 27, "difference": 0.17,
+                            "difference_se": 0.40}
+    assert targets_met(summary)["occlusion"] is False
+    assert ("Occlusion subset: 0.17 dB above the collage model (the paired difference has a standard error of "
+            "0.40 dB over 27 cases: within noise), not shown.") in "\n".join(missed_targets(summary))
+    summary["occlusion"]["difference_se"] = 0.08  # 0.17 > 2 x 0.08: shown
+    assert targets_met(summary)["occlusion"] is True and "Occlusion" not in "\n".join(missed_targets(summary))
     summary["occlusion"] = {"layered": 14.0, "collage": 13.0}
     summary["locked"] = {"psnr": 26.0, "vae_ceiling": 30.0}
     summary["unlocked"]["layered"] = 12.0

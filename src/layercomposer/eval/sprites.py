@@ -561,14 +561,12 @@ def occlusion_markdown(report: dict[str, Any], command: str, machine: str) -> st
     s, st = report["summary"], report["settings"]
     oc = s["occlusion"]
     diff, se = oc.get("difference"), oc.get("difference_se")
-    if diff is None or se is None:
-        verdict = "not measured (fewer than two cases)"
-    elif diff - 2 * se > 0:
-        verdict = "the layered model is above the collage model (the difference is more than two standard errors)"
-    elif diff + 2 * se < 0:
-        verdict = "the layered model is below the collage model (the difference is more than two standard errors)"
-    else:
-        verdict = "the two models are not told apart (the difference is within two standard errors)"
+    verdict = {
+        None: "not measured (fewer than two cases)",
+        "above": "the layered model is above the collage model (the difference is more than two standard errors)",
+        "below": "the layered model is below the collage model (the difference is more than two standard errors)",
+        "unclear": "the two models are not told apart (the difference is within two standard errors)",
+    }[occlusion_call(oc)]
     revealed = [rec["revealed"] for rec in report["cases"] if "revealed" in rec]
     lines = [
         "# Results: the occlusion subset alone",
@@ -620,7 +618,11 @@ def targets_met(summary: dict[str, Any]) -> dict[str, bool | None]:
     return {
         "locked": None if lk["psnr"] is None else lk["psnr"] >= 25 and lk["vae_ceiling"] - lk["psnr"] <= 3,
         "unlocked": None if ul["layered"] is None else ul["layered"] > ul["paste"],
-        "occlusion": None if oc["layered"] is None or oc["collage"] is None else oc["layered"] > oc["collage"],
+        # The layered model must be above the collage model by more than two standard errors of the paired
+        # difference: a mean a tenth of a dB above with a 0.4 dB standard error does not show it.
+        "occlusion": None if oc["layered"] is None or oc["collage"] is None else (
+            occlusion_call(oc) == "above" if oc.get("difference_se") is not None
+            else oc["layered"] > oc["collage"]),  # older reports: no paired statistics
         # Pruning may cost at most PRUNE_TOLERANCE_DB; pruned canvases doing better than unpruned ones (the model
         # is trained pruned) meet it.
         "pruning": None if pr["psnr_layered"] is None else (
@@ -645,11 +647,13 @@ def missed_targets(summary: dict[str, Any]) -> list[str]:
     if met["unlocked"] is False:
         lines.append(f"- Unlocked regions: {ul['paste'] - ul['layered']:.2f} dB below naive pasting.")
     if met["occlusion"] is False:
-        se = oc.get("difference_se")
+        se, diff = oc.get("difference_se"), oc["layered"] - oc["collage"]
         noise = "" if se is None else (
             f" (the paired difference has a standard error of {se:.2f} dB over {oc['cases']} cases: "
-            + ("within noise" if oc["collage"] - oc["layered"] <= 2 * se else "more than two standard errors") + ")")
-        lines.append(f"- Occlusion subset: {oc['collage'] - oc['layered']:.2f} dB below the collage model{noise}.")
+            + ("more than two standard errors" if occlusion_call(oc) == "below" else "within noise") + ")")
+        where = f"{diff:.2f} dB above" if diff > 0 else f"{-diff:.2f} dB below"
+        shown = ", not shown" if diff > 0 else ""
+        lines.append(f"- Occlusion subset: {where} the collage model{noise}{shown}.")
     if met["pruning"] is False:
         # Name only the parts that fail: the quality cost, the token count, or both.
         drop = pr["psnr_unpruned"] - pr["psnr_layered"]
@@ -661,6 +665,18 @@ def missed_targets(summary: dict[str, Any]) -> list[str]:
                            "unpruned)")
         lines.append(f"- Pruning: {' and '.join(reasons)}.")
     return ["", "Where a target is missed:", "", *lines] if lines else []
+
+
+def occlusion_call(oc: dict[str, Any]) -> str | None:
+    """The occlusion subset's paired comparison: "above" or "below" (the layered model against the collage model,
+    by more than two standard errors of the paired difference), "unclear" when not told apart, None when there
+    is no standard error (fewer than two cases, or an older report)."""
+    diff, se = oc.get("difference"), oc.get("difference_se")
+    if diff is None and oc.get("layered") is not None and oc.get("collage") is not None:
+        diff = oc["layered"] - oc["collage"]  # the same cases for both models: the mean of the paired differences
+    if diff is None or se is None:
+        return None
+    return "above" if diff - 2 * se > 0 else "below" if diff + 2 * se < 0 else "unclear"
 
 
 def _paired(oc: dict[str, Any]) -> str:
