@@ -39,7 +39,8 @@ STAGES = (("continued", 2000, "stage 2: EMA 0.999,\nsample pool 8000"), ("stage3
           ("stage4", 5250, "stage 4"), ("stage5", 6000, "stage 5:\nLR to 0"), ("stage6", 7000, "stage 6:\naligned 0.7"),
           ("stage7", 7500, "stage 7:\n1500 more"), ("stage7-more", 8000, None),
           ("stage9", 9000, "stage 9:\nnew latents"), ("stage10", 10250, "stage 10:\nVAE, then\nnew latents"),
-          ("stage11", 11500, "stage 11:\n3 x 1000,\nLR 4e-4"), ("stage11-b", 12500, None), ("stage11-c", 13500, None))
+          ("stage11", 11500, "stage 11:\n3 x 1000,\nLR 4e-4"), ("stage11-b", 12500, None), ("stage11-c", 13500, None),
+          ("stage12", 14500, "stage 12:\n1000 more"))
 CONTROLS = (  # file, the stage it belongs to, label
     ("demo-stage3-separate", "stage3", "stage 3 control: locked layers separate"),
     ("demo-stage4-control", "stage4", "stage 4 control: as stage 3"),
