@@ -47,3 +47,29 @@ def test_demo_is_the_default_model(tmp_path, capsys):
 
     with Image.open(out) as im:
         assert '"model": "demo"' in im.text["layercomposer"]
+
+
+def test_small_text_encoder_loads_directly_and_matches_transformers_loader(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPTextModel
+
+    from layercomposer.models.text import load_small_clip
+
+    folder = WEIGHTS_DIR / "demo" / "text_encoder"
+    ours = load_small_clip(folder)
+    theirs = CLIPTextModel.from_pretrained(folder, use_safetensors=True, dtype=torch.float32).eval()
+    assert ours is not None and not ours.training and ours.dtype == torch.float32
+    assert ours.config._attn_implementation == theirs.config._attn_implementation
+    ids = torch.tensor([[2, 10, 20, 30, 3, 0, 0, 0], [2, 40, 3, 0, 0, 0, 0, 0]])
+    with torch.no_grad():
+        a, b = ours(input_ids=ids), theirs(input_ids=ids)
+    assert torch.equal(a.last_hidden_state, b.last_hidden_state) and torch.equal(a.pooler_output, b.pooler_output)
+    # Keys that do not match the model exactly (another layout) are left to transformers' loader.
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    (renamed / "config.json").write_text((folder / "config.json").read_text())
+    save_file({"prefix." + k: v for k, v in load_file(folder / "model.safetensors").items()},
+              renamed / "model.safetensors")
+    assert load_small_clip(renamed) is None
+    assert load_small_clip(tmp_path / "missing") is None
