@@ -101,6 +101,32 @@ def test_generate_writes_a_png_with_its_settings(small_canvas, tmp_path):
     settings = json.loads(image.info["layercomposer"])
     assert settings["seed"] == 5 and settings["steps"] == 2 and settings["prompt"] == "a red sprite"
     assert "wrote" in out.stderr and "10 condition tokens [layered]" in out.stderr
+    # benchmarks/startup.py reads the phase times from this line.
+    phases = startup_benchmark().parse_generate_report(out.stderr)
+    assert set(phases) == {"load", "condition", "sample", "decode"} and all(v >= 0 for v in phases.values())
+
+
+def startup_benchmark():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("startup", ROOT / "benchmarks" / "startup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_startup_benchmark_reads_importtime_output():
+    text = "\n".join([
+        "import time: self [us] | cumulative | imported package",
+        "import time:       120 |        120 |     _io",
+        "import time:      2000 |    1500000 |   torch._dynamo",
+        "import time:       300 |    2250000 | torch",
+        "import time:        10 |         10 | torch",  # a later line for the same name does not count
+        "something else",
+    ])
+    assert startup_benchmark().parse_importtime(text) == {"_io": 0.00012, "torch._dynamo": 1.5, "torch": 2.25}
+    with pytest.raises(ValueError, match="no timing line"):
+        startup_benchmark().parse_generate_report("wrote out.png")
 
 
 def test_generate_strength_runs_that_share_of_the_steps(small_canvas, tmp_path):

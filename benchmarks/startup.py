@@ -1,0 +1,180 @@
+"""Start-up benchmark: where the wall time of one `layercomposer generate` goes, from a cold process.
+
+    python benchmarks/startup.py                                   # 3 rounds, the README's main command
+    python benchmarks/startup.py --runs 5 --report docs/STARTUP.md
+
+Each round starts fresh processes for four nested stages, one after another, so that a slow spell of the
+machine touches every stage alike:
+
+1. `python -c pass` (the interpreter alone),
+2. `import torch`,
+3. `import torch` + the model classes `generate` needs (transformers' CLIPTextModel, diffusers'
+   AutoencoderKL and FluxTransformer2DModel), which is everything it imports,
+4. the whole command, `layercomposer generate CANVAS -o OUT`, whose own report splits its time into
+   load (imports of stage 3 included), condition, sample and decode.
+
+Differences of medians between stages give the cost of each step. One more run under `python -X importtime`
+attributes the import time to the packages pulled in by others (cumulative times, which overlap, and which
+importtime's own bookkeeping inflates by a few percent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CLASSES = ("import torch; from transformers import CLIPTextModel; "
+           "from diffusers import AutoencoderKL, FluxTransformer2DModel")
+STAGES = {"python": "pass", "torch": "import torch", "classes": CLASSES}
+# Modules whose cumulative import time is worth naming, and why they are imported at all.
+ATTRIBUTION = {
+    "torch": "PyTorch itself",
+    "torch._dynamo": "imported by diffusers.utils.torch_utils at import time",
+    "transformers.modeling_utils": "transformers' model base classes (CLIPTextModel needs them)",
+    "peft": "imported by diffusers' hooks when peft is installed; only LoRA uses it",
+    "diffusers.models.transformers": "diffusers' package of transformer models, all imported together",
+    "scipy": "imported by diffusers' schedulers and transformers' losses when scipy is installed",
+}
+GENERATE_REPORT = re.compile(r"load ([\d.]+)s, condition ([\d.]+)s, sample ([\d.]+)s, decode ([\d.]+)s")
+
+
+def parse_generate_report(stderr: str) -> dict[str, float]:
+    """The seconds `generate` reports for its phases (load, condition, sample, decode)."""
+    match = GENERATE_REPORT.search(stderr)
+    if match is None:
+        raise ValueError(f"no timing line in generate's output: {stderr[-300:]!r}")
+    return dict(zip(("load", "condition", "sample", "decode"), map(float, match.groups()), strict=True))
+
+
+def parse_importtime(stderr: str) -> dict[str, float]:
+    """Cumulative seconds per module from `python -X importtime` (the first import of each)."""
+    out: dict[str, float] = {}
+    for line in stderr.splitlines():
+        if not line.startswith("import time:"):
+            continue
+        parts = line[len("import time:"):].split("|")
+        if len(parts) != 3 or not parts[1].strip().isdigit():
+            continue  # the header line
+        out.setdefault(parts[2].strip(), int(parts[1]) / 1e6)
+    return out
+
+
+def timed(cmd: list[str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr[-500:]}")
+    return seconds, done.stderr
+
+
+def machine() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return f"{name}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for pkg in ("diffusers", "transformers", "accelerate", "peft", "scipy"):
+        try:
+            found.append(f"{pkg} {version(pkg)}")
+        except PackageNotFoundError:
+            found.append(f"{pkg} not installed")
+    return ", ".join(found)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--canvas", default="examples/four-sprites.json")
+    parser.add_argument("--model", default=None, help="generate's --model (its default when not given)")
+    parser.add_argument("--runs", type=int, default=3, help="rounds (each stage once per round)")
+    parser.add_argument("--report", default=None, help="also write the tables to this Markdown file")
+    args = parser.parse_args()
+
+    script = shutil.which("layercomposer", path=str(Path(sys.executable).parent))
+    generate = [script] if script else [sys.executable, "-m", "layercomposer"]
+    walls: dict[str, list[float]] = {name: [] for name in (*STAGES, "generate")}
+    phases: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [*generate, "generate", args.canvas, "-o", str(Path(tmp) / "out.png")]
+        if args.model:
+            cmd += ["--model", args.model]
+        for i in range(args.runs):
+            for name, code in STAGES.items():
+                walls[name].append(timed([sys.executable, "-c", code])[0])
+            seconds, stderr = timed(cmd)
+            walls["generate"].append(seconds)
+            phases.append(parse_generate_report(stderr))
+            print(f"round {i + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in walls.items()),
+                  file=sys.stderr)
+        imports = parse_importtime(timed([sys.executable, "-X", "importtime", "-c", CLASSES])[1])
+
+    med = {name: statistics.median(v) for name, v in walls.items()}
+    phase_med = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
+    # generate's load timer starts once torch is imported (it checks --lora files first), so load is the
+    # model-class imports of stage 3 beyond torch plus reading the weights.
+    weights = max(0.0, phase_med["load"] - (med["classes"] - med["torch"]))
+    rest = med["generate"] - med["classes"] - weights - sum(phase_med[k] for k in ("condition", "sample", "decode"))
+    rows = [
+        ("Python interpreter (`python -c pass`)", med["python"]),
+        ("import torch", med["torch"] - med["python"]),
+        ("import the model classes (transformers, diffusers and what they pull in)", med["classes"] - med["torch"]),
+        ("read the weights and build the models (generate's load minus those imports)", weights),
+        ("condition (encode the canvas layers and the prompt)", phase_med["condition"]),
+        ("sample (the transformer's steps)", phase_med["sample"]),
+        ("decode (VAE)", phase_med["decode"]),
+        ("the rest (CLI, reading the canvas, saving the PNG, exit)", rest),
+    ]
+    model_flag = f" --model {args.model}" if args.model else ""
+    span = lambda v: f"{min(v):.2f}-{max(v):.2f}"  # noqa: E731
+    lines = [
+        "# Start-up",
+        "",
+        f"`python benchmarks/startup.py --runs {args.runs}{model_flag}` on {datetime.date.today().isoformat()}: "
+        f"`layercomposer generate {args.canvas} -o out.png{model_flag}` "
+        f"from a cold process, {args.runs} round{'s' if args.runs > 1 else ''}, medians. "
+        f"Machine: {machine()}; {versions()}.",
+        "",
+        f"Wall time of the whole command: **{med['generate']:.2f} s** (range {span(walls['generate'])}).",
+        "",
+        "| part | seconds |",
+        "|---|---|",
+        *(f"| {label} | {seconds:.2f} |" for label, seconds in rows),
+        "",
+        "Import time by package (one `python -X importtime` run of stage 3; cumulative, so nested rows overlap):",
+        "",
+        "| module | seconds | why it is imported |",
+        "|---|---|---|",
+        *(f"| `{mod}` | {imports[mod]:.2f} | {why} |" for mod, why in ATTRIBUTION.items() if mod in imports),
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.report:
+        Path(args.report).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
