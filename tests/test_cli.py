@@ -106,6 +106,13 @@ def test_generate_writes_a_png_with_its_settings(small_canvas, tmp_path):
     assert set(phases) == {"load", "condition", "sample", "decode"} and all(v >= 0 for v in phases.values())
 
 
+def test_quick_exit_runs_exit_handlers_flushes_and_keeps_the_code():
+    code = ("import atexit, sys; atexit.register(lambda: print('handler ran')); sys.stdout.write('buffered '); "
+            "from layercomposer.cli import quick_exit; quick_exit(3)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3 and out.stdout == "buffered handler ran\n", (out.stdout, out.stderr)
+
+
 def startup_benchmark():
     import importlib.util
 

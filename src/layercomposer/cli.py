@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import re
 import shlex
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from .errors import LayerComposerError
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                      help="LoRA file (diffusers/peft or kohya format), repeatable; scale defaults to 1")
     add_memory_arguments(gen)
-    gen.set_defaults(func=cmd_generate)
+    gen.set_defaults(func=cmd_generate, quick_exit=True)
 
     tok = sub.add_parser("tokens", help="conditioning token statistics of a canvas (no model)",
                          description="Count the conditioning tokens a canvas gives, per layer and per mode.")
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--guidance", type=float, default=None)
     ref.add_argument("--seed", type=int, default=0)
     ref.add_argument("--device", default=None)
-    ref.set_defaults(func=cmd_refine)
+    ref.set_defaults(func=cmd_refine, quick_exit=True)
 
     srv = sub.add_parser("serve", help="start the editor (web app + API)",
                          description="Serve the layered-canvas editor and its JSON API (docs at /docs).")
@@ -337,8 +338,10 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return _run(build_parser().parse_args(argv))
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except LayerComposerError as exc:
@@ -347,6 +350,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("layercomposer: interrupted", file=sys.stderr)
         return 130
+
+
+def console(argv: Sequence[str] | None = None) -> NoReturn:
+    """The `layercomposer` command (and `python -m layercomposer`): `main`, then the process exits.
+
+    After a one-shot model command (`generate`, `refine`) the interpreter's own shutdown, which tears down
+    the ~3,700 modules that torch, diffusers and transformers import one by one, costs about a second on
+    a 2-core CPU (benchmarks/startup.py). Those commands have written their outputs (atomically) and
+    closed their files by then, so the process runs the exit handlers, flushes its streams and ends
+    without that teardown. Every other command exits normally.
+    """
+    args = build_parser().parse_args(argv)
+    code = _run(args)
+    if getattr(args, "quick_exit", False):
+        quick_exit(code)
+    sys.exit(code)
+
+
+def quick_exit(code: int) -> NoReturn:
+    """Run the exit handlers, flush stdout and stderr, and end the process without module teardown."""
+    import atexit
+    import contextlib
+
+    atexit._run_exitfuncs()  # logging, multiprocessing, huggingface_hub...: what a normal exit runs
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said there
+            stream.flush()
+    os._exit(code)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -833,4 +864,4 @@ def _save_image(image: Any, path: Path, metadata: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
