@@ -45,6 +45,23 @@ ATTRIBUTION = {
     "diffusers.models.transformers": "diffusers' package of transformer models, all imported together",
     "scipy": "imported by diffusers' schedulers and transformers' losses when scipy is installed",
 }
+NOTES = """\
+## What was cut, and what remains
+
+- Cut: the CLI imports nothing heavy until a command needs it (`layercomposer --help`, `tokens` and bad
+  input answer without torch); the demo's 1 MB text encoder is built from its config and its state dict
+  directly (transformers' `from_pretrained` first compiled about a thousand regular expressions for the
+  checkpoint-conversion rules of every architecture, 0.3 s); `generate` and `refine` end the process
+  without the interpreter's teardown of the 3,000-odd imported modules (about a second on a 2-core CPU;
+  exit handlers still run). The weights are read once, straight into the models (safetensors).
+- Remains: importing torch, and the model classes. `diffusers` imports `torch._dynamo` when it starts and,
+  for any one model class, the whole package of transformer models (every architecture diffusers knows,
+  with their own imports: peft through diffusers' hooks, scipy where installed); CLIPTextModel brings
+  transformers' model base classes. None of it can be skipped from outside diffusers and transformers
+  short of loading their files by hand, which would tie this project to their internals.
+- Remains: the work itself, conditioning, the 28 steps of the transformer (with guidance, one batched
+  pass of two) and the VAE decode. The `serve` editor pays the start-up once and then only the work.
+"""
 GENERATE_REPORT = re.compile(r"load ([\d.]+)s, condition ([\d.]+)s, sample ([\d.]+)s, decode ([\d.]+)s")
 
 
@@ -168,6 +185,7 @@ def main() -> int:
         "|---|---|---|",
         *(f"| `{mod}` | {imports[mod]:.2f} | {why} |" for mod, why in ATTRIBUTION.items() if mod in imports),
         "",
+        NOTES,
     ]
     text = "\n".join(lines)
     print(text)
