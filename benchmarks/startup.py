@@ -3,19 +3,22 @@
     python benchmarks/startup.py                                   # 3 rounds, the README's main command
     python benchmarks/startup.py --runs 5 --report docs/STARTUP.md
 
-Each round starts fresh processes for four nested stages, one after another, so that a slow spell of the
-machine touches every stage alike:
+Each round starts fresh processes for five stages, one after another, so that a slow spell of the machine
+touches every stage of a round alike:
 
 1. `python -c pass` (the interpreter alone),
-2. `import torch`,
+2. `import torch`, then `os._exit` (no teardown),
 3. `import torch` + the model classes `generate` needs (transformers' CLIPTextModel, diffusers'
-   AutoencoderKL and FluxTransformer2DModel), which is everything it imports,
-4. the whole command, `layercomposer generate CANVAS -o OUT`, whose own report splits its time into
-   load (imports of stage 3 included), condition, sample and decode.
+   AutoencoderKL and FluxTransformer2DModel), which is everything it imports, then `os._exit`,
+4. the same imports with a normal exit: the difference to 3 is the interpreter's teardown of those modules,
+5. the whole command, `layercomposer generate CANVAS -o OUT`, whose own report splits its time into
+   load (the imports of 3 beyond torch, and the weights), condition, sample and decode.
 
-Differences of medians between stages give the cost of each step. One more run under `python -X importtime`
-attributes the import time to the packages pulled in by others (cumulative times, which overlap, and which
-importtime's own bookkeeping inflates by a few percent).
+Each part is a difference within one round (`the rest` is what the command's wall time leaves after torch
+and its reported phases: the CLI, reading the canvas, saving the PNG, and whatever exit costs); the table
+gives each part's median over the rounds, so its rows need not add up to the median wall time exactly.
+One more run under `python -X importtime` attributes import time to the packages pulled in by others
+(cumulative times, which overlap, and which importtime's own bookkeeping inflates by a few percent).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from pathlib import Path
 
 CLASSES = ("import torch; from transformers import CLIPTextModel; "
            "from diffusers import AutoencoderKL, FluxTransformer2DModel")
-STAGES = {"python": "pass", "torch": "import torch", "classes": CLASSES}
+QUIT = "; import os; os._exit(0)"
+STAGES = {"python": "pass", "torch": "import torch" + QUIT, "classes": CLASSES + QUIT, "teardown": CLASSES}
 # Modules whose cumulative import time is worth naming, and why they are imported at all.
 ATTRIBUTION = {
     "torch": "PyTorch itself",
@@ -84,6 +88,22 @@ def parse_importtime(stderr: str) -> dict[str, float]:
             continue  # the header line
         out.setdefault(parts[2].strip(), int(parts[1]) / 1e6)
     return out
+
+
+def split_round(walls: dict[str, float], phases: dict[str, float]) -> dict[str, float]:
+    """One round's wall times (per stage) and generate's reported phases -> seconds per part."""
+    work = phases["condition"] + phases["sample"] + phases["decode"]
+    return {
+        "python": walls["python"],
+        "torch": walls["torch"] - walls["python"],
+        "classes": walls["classes"] - walls["torch"],
+        "teardown": walls["teardown"] - walls["classes"],
+        # generate's load timer starts once torch is imported (it checks --lora files first), so its load
+        # is the model-class imports beyond torch plus reading the weights.
+        "weights": phases["load"] - (walls["classes"] - walls["torch"]),
+        **{k: phases[k] for k in ("condition", "sample", "decode")},
+        "rest": walls["generate"] - walls["torch"] - phases["load"] - work,
+    }
 
 
 def timed(cmd: list[str]) -> tuple[float, str]:
@@ -147,22 +167,20 @@ def main() -> int:
                   file=sys.stderr)
         imports = parse_importtime(timed([sys.executable, "-X", "importtime", "-c", CLASSES])[1])
 
-    med = {name: statistics.median(v) for name, v in walls.items()}
-    phase_med = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
-    # generate's load timer starts once torch is imported (it checks --lora files first), so load is the
-    # model-class imports of stage 3 beyond torch plus reading the weights.
-    weights = max(0.0, phase_med["load"] - (med["classes"] - med["torch"]))
-    rest = med["generate"] - med["classes"] - weights - sum(phase_med[k] for k in ("condition", "sample", "decode"))
-    rows = [
-        ("Python interpreter (`python -c pass`)", med["python"]),
-        ("import torch", med["torch"] - med["python"]),
-        ("import the model classes (transformers, diffusers and what they pull in)", med["classes"] - med["torch"]),
-        ("read the weights and build the models (generate's load minus those imports)", weights),
-        ("condition (encode the canvas layers and the prompt)", phase_med["condition"]),
-        ("sample (the transformer's steps)", phase_med["sample"]),
-        ("decode (VAE)", phase_med["decode"]),
-        ("the rest (CLI, reading the canvas, saving the PNG, exit)", rest),
-    ]
+    parts = [split_round({k: v[i] for k, v in walls.items()}, phases[i]) for i in range(args.runs)]
+    med = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
+    labels = {
+        "python": "Python interpreter (`python -c pass`)",
+        "torch": "import torch",
+        "classes": "import the model classes (transformers, diffusers and what they pull in)",
+        "teardown": "(the interpreter's teardown of those modules at a normal exit; generate skips it)",
+        "weights": "read the weights and build the models (generate's load minus those imports)",
+        "condition": "condition (encode the canvas layers and the prompt)",
+        "sample": "sample (the transformer's steps)",
+        "decode": "decode (VAE)",
+        "rest": "the rest (CLI, reading the canvas, saving the PNG, exit)",
+    }
+    rows = [(labels[k], med[k]) for k in labels]
     model_flag = f" --model {args.model}" if args.model else ""
     span = lambda v: f"{min(v):.2f}-{max(v):.2f}"  # noqa: E731
     lines = [
@@ -173,7 +191,8 @@ def main() -> int:
         f"from a cold process, {args.runs} round{'s' if args.runs > 1 else ''}, medians. "
         f"Machine: {machine()}; {versions()}.",
         "",
-        f"Wall time of the whole command: **{med['generate']:.2f} s** (range {span(walls['generate'])}).",
+        f"Wall time of the whole command: **{statistics.median(walls['generate']):.2f} s** "
+        f"(range {span(walls['generate'])}).",
         "",
         "| part | seconds |",
         "|---|---|",

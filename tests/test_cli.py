@@ -136,6 +136,15 @@ def test_startup_benchmark_reads_importtime_output():
         startup_benchmark().parse_generate_report("wrote out.png")
 
 
+def test_startup_benchmark_splits_a_round_by_hand():
+    walls = {"python": 0.05, "torch": 1.55, "classes": 5.55, "teardown": 6.55, "generate": 10.0}
+    phases = {"load": 4.5, "condition": 0.5, "sample": 3.0, "decode": 0.25}
+    parts = startup_benchmark().split_round(walls, phases)
+    expected = {"python": 0.05, "torch": 1.5, "classes": 4.0, "teardown": 1.0, "weights": 0.5, "condition": 0.5,
+                "sample": 3.0, "decode": 0.25, "rest": 0.2}  # 10 - 1.55 - 4.5 - 3.75
+    assert parts == pytest.approx(expected)
+
+
 def test_generate_strength_runs_that_share_of_the_steps(small_canvas, tmp_path):
     target = tmp_path / "out.png"
     out = run("generate", str(small_canvas), "-o", str(target), "--model", "tiny-random", "--steps", "4",
