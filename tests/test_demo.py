@@ -57,7 +57,11 @@ def test_small_text_encoder_loads_directly_and_matches_transformers_loader(tmp_p
     from layercomposer.models.text import load_small_clip
 
     folder = WEIGHTS_DIR / "demo" / "text_encoder"
+    torch.manual_seed(123)
     ours = load_small_clip(folder)
+    after_load = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(after_load, torch.rand(3))  # loading drew nothing from the global RNG
     theirs = CLIPTextModel.from_pretrained(folder, use_safetensors=True, dtype=torch.float32).eval()
     assert ours is not None and not ours.training and ours.dtype == torch.float32
     assert ours.config._attn_implementation == theirs.config._attn_implementation

@@ -139,7 +139,8 @@ def load_small_clip(folder: Path, dtype: torch.dtype = torch.float32):  # -> CLI
         return None
     config = CLIPTextConfig.from_pretrained(folder)
     state = load_file(weights)
-    model = CLIPTextModel(config)
+    with torch.random.fork_rng(devices=[]):  # the throwaway initialisation leaves the caller's seed alone
+        model = CLIPTextModel(config)
     if set(state) != set(model.state_dict()):
         return None
     model.load_state_dict(state, strict=True)  # copies (and casts) into the float32 parameters
