@@ -7,9 +7,10 @@ Each round starts fresh processes for five stages, one after another, so that a 
 touches every stage of a round alike:
 
 1. `python -c pass` (the interpreter alone),
-2. `import torch`, then `os._exit` (no teardown),
-3. `import torch` + the model classes `generate` needs (transformers' CLIPTextModel, diffusers'
-   AutoencoderKL and FluxTransformer2DModel), which is everything it imports, then `os._exit`,
+2. `import torch` and what `generate` imports before its load timer starts (numpy, Pillow, the CLI),
+   then `os._exit` (no teardown),
+3. the same + what its load imports: the pipeline and the model classes (transformers' CLIPTextModel,
+   diffusers' AutoencoderKL and FluxTransformer2DModel), which is everything it imports, then `os._exit`,
 4. the same imports with a normal exit: the difference to 3 is the interpreter's teardown of those modules,
 5. the whole command, `layercomposer generate CANVAS -o OUT`, whose own report splits its time into
    load (the imports of 3 beyond torch, and the weights), condition, sample and decode.
@@ -17,8 +18,8 @@ touches every stage of a round alike:
 Each part is a difference within one round (`the rest` is what the command's wall time leaves after torch
 and its reported phases: the CLI, reading the canvas, saving the PNG, and whatever exit costs); the table
 gives each part's median over the rounds, so its rows need not add up to the median wall time exactly.
-One more run under `python -X importtime` attributes import time to the packages pulled in by others
-(cumulative times, which overlap, and which importtime's own bookkeeping inflates by a few percent).
+One more run under `python -X importtime` splits the import time by package (each module's own time,
+summed per top-level package).
 """
 
 from __future__ import annotations
@@ -36,18 +37,25 @@ import tempfile
 import time
 from pathlib import Path
 
-CLASSES = ("import torch; from transformers import CLIPTextModel; "
+# What `generate` imports before its load timer starts (it reads the canvas and checks --lora files first),
+# and then what its load imports.
+BEFORE_LOAD = "import torch; import layercomposer.cli, layercomposer.canvas, layercomposer.models.flux"
+CLASSES = (BEFORE_LOAD + "; import layercomposer.pipeline; from transformers import CLIPTextModel; "
            "from diffusers import AutoencoderKL, FluxTransformer2DModel")
 QUIT = "; import os; os._exit(0)"
-STAGES = {"python": "pass", "torch": "import torch" + QUIT, "classes": CLASSES + QUIT, "teardown": CLASSES}
-# Modules whose cumulative import time is worth naming, and why they are imported at all.
-ATTRIBUTION = {
-    "torch": "PyTorch itself",
-    "torch._dynamo": "imported by diffusers.utils.torch_utils at import time",
-    "transformers.modeling_utils": "transformers' model base classes (CLIPTextModel needs them)",
-    "peft": "imported by diffusers' hooks when peft is installed; only LoRA uses it",
-    "diffusers.models.transformers": "diffusers' package of transformer models, all imported together",
-    "scipy": "imported by diffusers' schedulers and transformers' losses when scipy is installed",
+STAGES = {"python": "pass", "torch": BEFORE_LOAD + QUIT, "classes": CLASSES + QUIT, "teardown": CLASSES}
+# Why the packages that take import time are imported at all (self times summed per top-level package).
+WHY = {
+    "torch": "PyTorch; of it, torch._dynamo is imported by diffusers' utilities at import time",
+    "transformers": "the text encoder (CLIPTextModel): transformers' model base classes, and with them its "
+                    "loading, quantisation, kernel-hub and distributed modules",
+    "diffusers": "the VAE and transformer classes; one model class imports diffusers' whole packages of "
+                 "models (every architecture it knows)",
+    "peft": "imported by diffusers' hooks when installed; only LoRA needs it",
+    "accelerate": "imported by diffusers and transformers (device placement, big-model loading)",
+    "sympy": "imported by torch (symbolic shapes)",
+    "kernels": "imported by transformers' kernel-hub integration when installed",
+    "layercomposer": "this project",
 }
 NOTES = """\
 ## What was cut, and what remains
@@ -56,13 +64,16 @@ NOTES = """\
   input answer without torch); the demo's 1 MB text encoder is built from its config and its state dict
   directly (transformers' `from_pretrained` first compiled about a thousand regular expressions for the
   checkpoint-conversion rules of every architecture, 0.3 s); `generate` and `refine` end the process
-  without the interpreter's teardown of the 3,000-odd imported modules (about a second on a 2-core CPU;
-  exit handlers still run). The weights are read once, straight into the models (safetensors).
-- Remains: importing torch, and the model classes. `diffusers` imports `torch._dynamo` when it starts and,
-  for any one model class, the whole package of transformer models (every architecture diffusers knows,
-  with their own imports: peft through diffusers' hooks, scipy where installed); CLIPTextModel brings
-  transformers' model base classes. None of it can be skipped from outside diffusers and transformers
-  short of loading their files by hand, which would tie this project to their internals.
+  without the interpreter's teardown of the 3,000-odd imported modules (0.4-0.8 s on a 2-core CPU, the
+  row in brackets above; exit handlers still run). The weights are read once, straight into the models (safetensors).
+- Remains: importing torch, and the model classes. `diffusers` imports `torch._dynamo` (with sympy) when
+  it starts and, for any one model class, the whole package of transformer models (every architecture
+  diffusers knows, with their own imports: peft through diffusers' hooks, scipy where installed);
+  CLIPTextModel brings transformers' model base classes with their loading, quantisation and distributed
+  modules. None of it can be skipped from outside diffusers and transformers short of loading their files
+  by hand, which would tie this project to their internals. The one large piece the project could drop
+  is transformers, by writing the demo's small CLIP text encoder in plain torch; it is kept because the
+  trainer, the shipped weights and the FLUX path all use transformers' CLIP.
 - Remains: the work itself, conditioning, the 28 steps of the transformer (with guidance, one batched
   pass of two) and the VAE decode. The `serve` editor pays the start-up once and then only the work.
 """
@@ -77,17 +88,26 @@ def parse_generate_report(stderr: str) -> dict[str, float]:
     return dict(zip(("load", "condition", "sample", "decode"), map(float, match.groups()), strict=True))
 
 
-def parse_importtime(stderr: str) -> dict[str, float]:
-    """Cumulative seconds per module from `python -X importtime` (the first import of each)."""
-    out: dict[str, float] = {}
+def parse_importtime(stderr: str) -> dict[str, tuple[float, float]]:
+    """(self, cumulative) seconds per module from `python -X importtime` (the first import of each)."""
+    out: dict[str, tuple[float, float]] = {}
     for line in stderr.splitlines():
         if not line.startswith("import time:"):
             continue
         parts = line[len("import time:"):].split("|")
         if len(parts) != 3 or not parts[1].strip().isdigit():
             continue  # the header line
-        out.setdefault(parts[2].strip(), int(parts[1]) / 1e6)
+        out.setdefault(parts[2].strip(), (int(parts[0]) / 1e6, int(parts[1]) / 1e6))
     return out
+
+
+def self_time_by_package(times: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Import self times summed per top-level package, largest first (they add up to the whole import)."""
+    totals: dict[str, float] = {}
+    for module, (self_s, _) in times.items():
+        top = module.split(".")[0]
+        totals[top] = totals.get(top, 0.0) + self_s
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
 def split_round(walls: dict[str, float], phases: dict[str, float]) -> dict[str, float]:
@@ -98,8 +118,7 @@ def split_round(walls: dict[str, float], phases: dict[str, float]) -> dict[str, 
         "torch": walls["torch"] - walls["python"],
         "classes": walls["classes"] - walls["torch"],
         "teardown": walls["teardown"] - walls["classes"],
-        # generate's load timer starts once torch is imported (it checks --lora files first), so its load
-        # is the model-class imports beyond torch plus reading the weights.
+        # generate's load is the imports of stage 3 beyond stage 2's plus reading the weights.
         "weights": phases["load"] - (walls["classes"] - walls["torch"]),
         **{k: phases[k] for k in ("condition", "sample", "decode")},
         "rest": walls["generate"] - walls["torch"] - phases["load"] - work,
@@ -171,7 +190,7 @@ def main() -> int:
     med = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
     labels = {
         "python": "Python interpreter (`python -c pass`)",
-        "torch": "import torch",
+        "torch": "import torch (with numpy, Pillow and the CLI's own modules)",
         "classes": "import the model classes (transformers, diffusers and what they pull in)",
         "teardown": "(the interpreter's teardown of those modules at a normal exit; generate skips it)",
         "weights": "read the weights and build the models (generate's load minus those imports)",
@@ -181,6 +200,7 @@ def main() -> int:
         "rest": "the rest (CLI, reading the canvas, saving the PNG, exit)",
     }
     rows = [(labels[k], med[k]) for k in labels]
+    packages = self_time_by_package(imports)
     model_flag = f" --model {args.model}" if args.model else ""
     span = lambda v: f"{min(v):.2f}-{max(v):.2f}"  # noqa: E731
     lines = [
@@ -198,11 +218,13 @@ def main() -> int:
         "|---|---|",
         *(f"| {label} | {seconds:.2f} |" for label, seconds in rows),
         "",
-        "Import time by package (one `python -X importtime` run of stage 3; cumulative, so nested rows overlap):",
+        f"Import time by package (one `python -X importtime` run of stage 3, {sum(packages.values()):.2f} s in all: "
+        "each module's own time, summed per top-level package; importtime's bookkeeping adds a little):",
         "",
-        "| module | seconds | why it is imported |",
+        "| package | seconds | why it is imported |",
         "|---|---|---|",
-        *(f"| `{mod}` | {imports[mod]:.2f} | {why} |" for mod, why in ATTRIBUTION.items() if mod in imports),
+        *(f"| `{pkg}` | {sec:.2f} | {WHY.get(pkg, '')} |" for pkg, sec in packages.items() if sec >= 0.05),
+        f"| others | {sum(sec for sec in packages.values() if sec < 0.05):.2f} | |",
         "",
         NOTES,
     ]

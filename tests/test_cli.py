@@ -131,7 +131,10 @@ def test_startup_benchmark_reads_importtime_output():
         "import time:        10 |         10 | torch",  # a later line for the same name does not count
         "something else",
     ])
-    assert startup_benchmark().parse_importtime(text) == {"_io": 0.00012, "torch._dynamo": 1.5, "torch": 2.25}
+    bench = startup_benchmark()
+    times = bench.parse_importtime(text)
+    assert times == {"_io": (0.00012, 0.00012), "torch._dynamo": (0.002, 1.5), "torch": (0.0003, 2.25)}
+    assert bench.self_time_by_package(times) == pytest.approx({"torch": 0.0023, "_io": 0.00012})
     with pytest.raises(ValueError, match="no timing line"):
         startup_benchmark().parse_generate_report("wrote out.png")
 

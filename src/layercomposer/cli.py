@@ -356,8 +356,8 @@ def console(argv: Sequence[str] | None = None) -> NoReturn:
     """The `layercomposer` command (and `python -m layercomposer`): `main`, then the process exits.
 
     After a one-shot model command (`generate`, `refine`) the interpreter's own shutdown, which tears down
-    the 3,000-odd modules that torch, diffusers and transformers import one by one, costs about a second on
-    a 2-core CPU (benchmarks/startup.py). Those commands have written their outputs (atomically) and
+    the 3,000-odd modules that torch, diffusers and transformers import one by one, costs 0.4-0.8 s on a
+    2-core CPU (benchmarks/startup.py). Those commands have written their outputs (atomically) and
     closed their files by then, so the process runs the exit handlers, flushes its streams and ends
     without that teardown. Every other command exits normally.
     """
