@@ -40,7 +40,7 @@ STAGES = (("continued", 2000, "stage 2: EMA 0.999,\nsample pool 8000"), ("stage3
           ("stage7", 7500, "stage 7:\n1500 more"), ("stage7-more", 8000, None),
           ("stage9", 9000, "stage 9:\nnew latents"), ("stage10", 10250, "stage 10:\nVAE, then\nnew latents"),
           ("stage11", 11500, "stage 11:\n3 x 1000,\nLR 4e-4"), ("stage11-b", 12500, None), ("stage11-c", 13500, None),
-          ("stage12", 14500, "stage 12:\n1000 more"))
+          ("stage12", 14500, "stage 12:\n1000 more"), ("stage13", 15500, "stage 13:\n1000 more"))
 CONTROLS = (  # file, the stage it belongs to, label
     ("demo-stage3-separate", "stage3", "stage 3 control: locked layers separate"),
     ("demo-stage4-control", "stage4", "stage 4 control: as stage 3"),
@@ -84,7 +84,7 @@ def main() -> None:
             continue
         ax.axvline(step, color="#999", linestyle="--", linewidth=0.8)
         # from stage 7: below the legend, staggered
-        y = 0.7 if step < 7500 else 0.265 if 10000 <= step < 11000 else 0.29
+        y = 0.7 if step < 7500 else 0.265 if 10000 <= step < 11000 or step >= 15500 else 0.29
         ax.text(step + 40, y, text, fontsize=8, color="#555")
     ax.set_xlabel("optimizer step (batch 8)")
     ax.set_ylabel("held-out flow-matching loss (16 fixed samples)")
