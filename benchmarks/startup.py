@@ -13,9 +13,9 @@ touches every stage of a round alike:
    diffusers' AutoencoderKL and FluxTransformer2DModel), which is everything it imports, then `os._exit`,
 4. the same imports with a normal exit: the difference to 3 is the interpreter's teardown of those modules,
 5. the whole command, `layercomposer generate CANVAS -o OUT`, whose own report splits its time into
-   load (the imports of 3 beyond torch, and the weights), condition, sample and decode.
+   load (the imports of 3 beyond those of 2, and the weights), condition, sample and decode.
 
-Each part is a difference within one round (`the rest` is what the command's wall time leaves after torch
+Each part is a difference within one round (`the rest` is what the command's wall time leaves after stage 2
 and its reported phases: the CLI, reading the canvas, saving the PNG, and whatever exit costs); the table
 gives each part's median over the rounds, so its rows need not add up to the median wall time exactly.
 One more run under `python -X importtime` splits the import time by package (each module's own time,
