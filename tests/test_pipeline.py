@@ -146,6 +146,29 @@ def test_model_errors(tmp_path):
         LayerComposerPipeline.from_pretrained(tmp_path / "half")
 
 
+
+def test_damaged_weights_are_a_one_line_model_error(tmp_path):
+    import json
+    import shutil
+
+    from layercomposer.models.registry import WEIGHTS_DIR
+
+    for part, name in (("text_encoder", "model.safetensors"), ("transformer", "diffusion_pytorch_model.safetensors")):
+        folder = tmp_path / part
+        shutil.copytree(WEIGHTS_DIR / "demo", folder)
+        weights = folder / part / name
+        weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+        with pytest.raises(ModelError, match=f"{folder}: cannot load weights"):
+            LayerComposerPipeline.from_pretrained(folder)
+    # Tensors whose shapes do not fit the config (keys all present).
+    folder = tmp_path / "shapes"
+    shutil.copytree(WEIGHTS_DIR / "demo", folder)
+    config = folder / "text_encoder" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "intermediate_size": 64}))
+    with pytest.raises(ModelError, match=r"cannot load weights \(text_encoder: size mismatch"):
+        LayerComposerPipeline.from_pretrained(folder)
+
+
 def test_bad_generation_arguments(tiny_pipe):
     with pytest.raises(LayerComposerError, match="mode: must be one of"):
         tiny_pipe(Canvas(64, 64), mode="nope")

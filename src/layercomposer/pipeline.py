@@ -143,6 +143,7 @@ class LayerComposerPipeline:
     @classmethod
     def _load_dir(cls, root: Path) -> LayerComposerPipeline:
         from diffusers import AutoencoderKL, FluxTransformer2DModel
+        from safetensors import SafetensorError
 
         try:
             index = json.loads((root / "model_index.json").read_text())
@@ -168,7 +169,7 @@ class LayerComposerPipeline:
             )
             vae = AutoencoderKL.from_pretrained(root / "vae", use_safetensors=True, torch_dtype=torch.float32)
             text_encoder = _TEXT_ENCODERS[kind].from_pretrained(root)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, SafetensorError) as exc:  # a truncated file is a SafetensorError
             raise ModelError(f"{root}: cannot load weights ({str(exc).splitlines()[0]})") from None
         try:
             rules = TokenRules.from_index(index)

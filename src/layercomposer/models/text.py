@@ -143,5 +143,8 @@ def load_small_clip(folder: Path, dtype: torch.dtype = torch.float32):  # -> CLI
         model = CLIPTextModel(config)
     if set(state) != set(model.state_dict()):
         return None
-    model.load_state_dict(state, strict=True)  # copies (and casts) into the float32 parameters
+    try:
+        model.load_state_dict(state, strict=True)  # copies (and casts) into the float32 parameters
+    except RuntimeError as exc:  # shapes that do not fit the config
+        raise ValueError(f"text_encoder: {str(exc).splitlines()[-1].strip()}") from None
     return model.to(dtype=dtype).eval()
