@@ -13,9 +13,11 @@ from layercomposer.data.scenes import SceneSet
 from layercomposer.errors import LayerComposerError
 from layercomposer.eval.metrics import locate, psnr, ssim
 from layercomposer.eval.sprites import (
+    AWAY_PX,
     MIN_REVEALED_PIXELS,
     build_cases,
     canvas_preview,
+    dilate,
     occlusion_markdown,
     paired_difference,
     results_markdown,
@@ -81,7 +83,71 @@ def test_masks_of_a_case(heldout):
     total = sum(m.astype(int) for m in masks.values())
     assert (total == 1).all()
     for name, mask in case.revealed.items():
-        assert name in case.sample.unlocked and not (mask & ~case.visible[name]).any()
+        assert name in case.sample.unlocked + case.sample.locked and not (mask & ~case.visible[name]).any()
+    assert not (case.revealed_mask & ~case.revealed_all_mask).any()
+    assert not (case.revealed_locked_mask & ~case.revealed_all_mask).any()
+
+
+def test_revealed_pixels_are_where_target_and_collage_disagree(heldout_many):
+    """Independently: a pixel is revealed iff T's front layer there is a layer L that the canvas also has there,
+    but the canvas's front layer there is another one; its part is L's (locked or unlocked character)."""
+    from layercomposer.eval.sprites import _alpha
+
+    seen_locked = seen_unlocked = 0
+    for case in build_cases(SceneSet.load(heldout_many), 30):
+        canvas, sample = case.sample.canvas, case.sample
+        names = [layer.name for layer in canvas.visible_layers()]
+        alphas = {layer.name: _alpha(canvas.render_layer(layer)) for layer in canvas.visible_layers()}
+        front_canvas = np.full(sample.target.size[::-1], -1)
+        for i, name in enumerate(names):  # back to front: the last layer with alpha wins
+            front_canvas[alphas[name]] = i
+        front_target = np.full_like(front_canvas, -1)
+        for i, name in enumerate(names):
+            front_target[case.visible.get(name, np.zeros_like(alphas[name]))] = i
+        disagree = (front_target >= 0) & (front_canvas != front_target)
+        own = np.zeros_like(disagree)
+        for i, name in enumerate(names):
+            own |= (front_target == i) & alphas[name]
+        expected = disagree & own
+        assert (case.revealed_all_mask == expected).all()
+        locked = np.isin(front_target, [names.index(n) for n in sample.locked if n in names])
+        assert (case.revealed_locked_mask == (expected & locked)).all()
+        unlocked = np.isin(front_target, [names.index(n) for n in sample.unlocked if n in names and n != "background"])
+        assert (case.revealed_mask == (expected & unlocked)).all()
+        seen_locked += case.revealed_locked_mask.sum() >= MIN_REVEALED_PIXELS
+        seen_unlocked += case.revealed_pixels >= MIN_REVEALED_PIXELS
+    assert seen_locked and seen_unlocked  # the fixture has both kinds
+
+
+def test_dilate_by_hand():
+    mask = np.zeros((11, 11), bool)
+    mask[5, 5] = mask[0, 0] = True
+    out = dilate(mask, 2)
+    expected = np.zeros((11, 11), bool)
+    expected[3:8, 3:8] = True  # a 5x5 square around (5, 5)
+    expected[0:3, 0:3] = True  # clipped at the corner
+    assert (out == expected).all()
+    assert (dilate(mask, 0) == mask).all()
+
+
+def test_near_unlocked_mask_is_the_chessboard_distance(heldout_many):
+    from scipy.ndimage import distance_transform_cdt
+
+    from layercomposer.eval.sprites import _alpha
+
+    cases = [c for c in build_cases(SceneSet.load(heldout_many), 12)
+             if any(n != "background" for n in c.sample.unlocked)]
+    assert cases
+    for case in cases[:3]:
+        canvas, where = case.sample.canvas, None
+        for layer in canvas.visible_layers():
+            if not layer.locked and layer.name != "background":
+                shown = _alpha(canvas.render_layer(layer)) | case.visible[layer.name]
+                where = shown if where is None else where | shown
+        # Chessboard distance from every pixel to the nearest unlocked character's pixel, computed by scipy.
+        distance = distance_transform_cdt(~where, metric="chessboard")
+        assert (case.near_unlocked == (distance <= AWAY_PX)).all()
+        assert 0 < case.near_unlocked.mean() < 1
 
 
 def test_eval_end_to_end_on_tiny_models(heldout, tmp_path):
@@ -92,11 +158,21 @@ def test_eval_end_to_end_on_tiny_models(heldout, tmp_path):
     case = report["cases"][0]
     assert set(case["psnr_image"]) == {"layered", "hard_lock", "unpruned", "collage", "vae", "paste"}
     assert all("hard_lock" in r for r in case["locked_regions"])
+    for region in (r for c in report["cases"] for r in c["locked_regions"]):
+        assert 0 <= region["away"]["pixels"] <= region["pixels"]
+        assert ("layered" in region["away"]) == (region["away"]["pixels"] > 0)
+    away = summary["locked"]["away"]
+    shares = [(r["away"]["pixels"], r["pixels"]) for c in report["cases"] for r in c["locked_regions"]]
+    assert away["pixel_share"] == pytest.approx(sum(a for a, _ in shares) / sum(p for _, p in shares))
     assert report["settings"]["hard_lock"] and "psnr_hard_lock" in summary["locked"]
     assert case["tokens"]["unpruned"] >= case["tokens"]["layered"]
     assert (tmp_path / "figs" / "sprites_grid.png").is_file()
     text = results_markdown(report, "layercomposer eval sprites ...", "a test")
     assert "| locked-region PSNR >= 25 dB" in text and "sprites_grid.png" in text and "hard lock" in text
+    assert ("away from unlocked characters" in text) == (away["psnr"] is not None)
+    assert {"occlusion", "occlusion_locked", "occlusion_all"} <= set(summary)
+    assert summary["occlusion_all"]["cases"] >= max(summary["occlusion"]["cases"], summary["occlusion_locked"]["cases"])
+    assert "The occlusion subset by layer (" in text
     # 5 columns: canvas, collage model, layered, layered + hard lock, target (192 px cells, 4 px gaps).
     assert Image.open(tmp_path / "figs" / "sprites_grid.png").width == 5 * 196 + 4
 

@@ -8,13 +8,17 @@ pixels), the other characters cut from another picture of the scene and placed o
 background locked, unlocked or left out. Measured against T:
 
 - locked fidelity: PSNR inside each locked layer's visible region, beside the VAE's own reconstruction of T
-  on the same pixels (the ceiling: the model works in that VAE's latent space);
+  on the same pixels (the ceiling: the model works in that VAE's latent space); again on the part of it
+  more than AWAY_PX from any unlocked character (in T or on the canvas), which separates copying the locked
+  layer from the unlocked characters' redrawing spilling onto it;
 - adaptation: PSNR inside each unlocked character's visible region, beside naive pasting (the flattened
   canvas itself, what a collage without a model gives);
 - whole-image PSNR and SSIM; layout (where each unlocked character was drawn, by template matching against
   T, in px); prompt adherence (background and lighting classified from the picture, when not locked);
 - ablations: the collage-conditioned model on the same canvases, with the occlusion subset (pixels of a
-  character that T shows but that another layer covers in the collage); one character locked vs unlocked;
+  layer that T shows but that another layer covers in the collage), split into the pixels of unlocked
+  characters (which both models must redraw) and of locked layers (which the layered canvas still holds
+  under the unlocked layer in front and the collage has lost); one character locked vs unlocked;
   pruned vs unpruned conditioning (quality, tokens, seconds per step).
 """
 
@@ -43,7 +47,9 @@ EVAL_SAMPLING = SamplingConfig(
     scale_jitter=0.0, shift_jitter=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue_degrees=0.0,
 )
 MIN_REVEALED_PIXELS = 30
-"""A case enters the occlusion subset when T shows at least this many pixels the collage hides."""
+"""A case enters an occlusion subset when T shows at least this many of its pixels that the collage hides."""
+AWAY_PX = 12
+"""Locked pixels count as away from the unlocked characters when none is within this many pixels (square)."""
 OCCLUSION_SCENES_PER_CASE = 5
 """Held-out scenes generated per case asked for by an occlusion-only run without --data."""
 
@@ -58,15 +64,32 @@ class Case:
     visible: dict[str, np.ndarray]
     """Layer name -> (H, W) bool: where that layer is what T shows (alpha > 0.5, nothing in front)."""
     revealed: dict[str, np.ndarray]
-    """Unlocked character -> pixels it shows in T but that later layers cover in the canvas's collage."""
+    """Canvas layer -> pixels of it that T shows but that later layers cover in the canvas's collage."""
+    near_unlocked: np.ndarray
+    """(H, W) bool: within AWAY_PX of a pixel where T or the canvas shows an unlocked character."""
+
+    def _revealed(self, names: list[str] | None) -> np.ndarray:
+        out = np.zeros(self.sample.target.size[::-1], bool)
+        for name, mask in self.revealed.items():
+            if names is None or name in names:
+                out |= mask
+        return out
 
     @property
     def revealed_mask(self) -> np.ndarray:
-        """Every pixel that T shows and the collage hides (all unlocked characters together)."""
-        out = np.zeros(self.sample.target.size[::-1], bool)
-        for mask in self.revealed.values():
-            out |= mask
-        return out
+        """The pixels of unlocked characters that T shows and the collage hides (the occlusion subset's first
+        part; the only one before 2026-12-05, and the one `--occlusion-only` selects by)."""
+        return self._revealed([n for n in self.sample.unlocked if n != BACKGROUND])
+
+    @property
+    def revealed_locked_mask(self) -> np.ndarray:
+        """The pixels of locked layers that T shows and the collage hides under an unlocked layer."""
+        return self._revealed(self.sample.locked)
+
+    @property
+    def revealed_all_mask(self) -> np.ndarray:
+        """Every pixel that T shows and the collage hides, whatever its layer (the occlusion subset)."""
+        return self._revealed(None)
 
     @property
     def revealed_pixels(self) -> int:
@@ -95,13 +118,39 @@ def visible_masks(scene_image) -> dict[str, np.ndarray]:
     return out
 
 
-def revealed_masks(canvas: Canvas, visible: dict[str, np.ndarray], unlocked: list[str]) -> dict[str, np.ndarray]:
-    """For each unlocked character: visible in T, inside its own canvas layer, but covered by a later layer."""
+def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Pixels within `radius` of a True pixel of `mask`, counting diagonal steps as one (a square window)."""
+    if radius <= 0:
+        return mask.copy()
+    out = mask
+    for axis in (0, 1):
+        padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)])
+        out = np.lib.stride_tricks.sliding_window_view(padded, 2 * radius + 1, axis=axis).any(axis=-1)
+    return out
+
+
+def near_unlocked_mask(canvas: Canvas, visible: dict[str, np.ndarray], unlocked: list[str],
+                       radius: int = AWAY_PX) -> np.ndarray:
+    """Pixels within `radius` of an unlocked character, where T shows it or where the canvas places it."""
+    shape = next(iter(visible.values())).shape
+    where = np.zeros(shape, bool)
+    for layer in canvas.visible_layers():
+        if layer.name in unlocked and layer.name != BACKGROUND:
+            where |= _alpha(canvas.render_layer(layer))
+            where |= visible.get(layer.name, np.zeros(shape, bool))
+    return dilate(where, radius)
+
+
+def revealed_masks(canvas: Canvas, visible: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """For each layer of the canvas: visible in T, inside its own canvas layer, but covered by a later layer.
+
+    A locked layer is T's own, so a later layer that covers it in the canvas but not in T is an unlocked
+    one, placed where T does not have that character (another pose)."""
     renders = {layer.name: _alpha(canvas.render_layer(layer)) for layer in canvas.visible_layers()}
     names = [layer.name for layer in canvas.visible_layers()]
     out = {}
-    for name in unlocked:
-        if name == BACKGROUND or name not in renders:
+    for name in names:
+        if name not in visible:
             continue
         later = names[names.index(name) + 1:]
         cover = np.zeros_like(renders[name])
@@ -127,7 +176,8 @@ def build_cases(scenes: SceneSet, count: int, seed: int = EVAL_SEED, occlusion_o
         rng = np.random.default_rng([seed, candidates])
         sample = sample_training_canvas(scene, rng, EVAL_SAMPLING)
         visible = visible_masks(scene.images[sample.image])
-        case = Case(candidates, scene, sample, visible, revealed_masks(sample.canvas, visible, sample.unlocked))
+        case = Case(candidates, scene, sample, visible, revealed_masks(sample.canvas, visible),
+                    near_unlocked_mask(sample.canvas, visible, sample.unlocked))
         candidates += 1
         if not occlusion_only or case.revealed_pixels >= MIN_REVEALED_PIXELS:
             cases.append(case)
@@ -214,12 +264,18 @@ def evaluate_case(case: Case, pipe, collage_pipe, steps: int, guidance: float | 
                    **({"unpruned": unpruned.plan.total} if unpruned is not None else {})},
         "seconds_per_step": {"layered": s_layered, **({"unpruned": s_unpruned} if unpruned is not None else {})},
     }
-    record["locked_regions"] = [
-        {"name": name, "pixels": int(case.visible[name].sum()),
-         **{k: psnr(pics[k], target, case.visible[name])
-            for k in ("layered", "hard_lock", "strength", "unpruned", "vae") if k in pics}}
-        for name in sample.locked if case.visible[name].any()
-    ]
+    locked_engines = [k for k in ("layered", "hard_lock", "strength", "unpruned", "vae") if k in pics]
+    record["locked_regions"] = []
+    for name in sample.locked:
+        mask = case.visible[name]
+        if not mask.any():
+            continue
+        away = mask & ~case.near_unlocked
+        record["locked_regions"].append({
+            "name": name, "pixels": int(mask.sum()), **{k: psnr(pics[k], target, mask) for k in locked_engines},
+            "away": {"pixels": int(away.sum()),
+                     **({k: psnr(pics[k], target, away) for k in locked_engines} if away.any() else {})},
+        })
     scene_image = case.scene.images[sample.image]
     unlocked_regions = []
     for name in sample.unlocked:
@@ -237,10 +293,13 @@ def evaluate_case(case: Case, pipe, collage_pipe, steps: int, guidance: float | 
                 entry["layout_error_px_collage"] = float(math.hypot(cdx, cdy))
         unlocked_regions.append(entry)
     record["unlocked_regions"] = unlocked_regions
-    revealed = case.revealed_mask
-    if revealed.sum() >= MIN_REVEALED_PIXELS:
-        record["revealed"] = {"pixels": int(revealed.sum()),
-                              **{k: psnr(pics[k], target, revealed) for k in engines if k != "vae"}}
+    # The occlusion subset (any layer), and its two parts: unlocked characters ("revealed", the only subset
+    # before 2026-12-05) and locked layers.
+    for key, revealed in (("revealed", case.revealed_mask), ("revealed_locked", case.revealed_locked_mask),
+                          ("revealed_all", case.revealed_all_mask)):
+        if revealed.sum() >= MIN_REVEALED_PIXELS:
+            record[key] = {"pixels": int(revealed.sum()),
+                           **{k: psnr(pics[k], target, revealed) for k in engines if k != "vae"}}
     if case.background != "locked":
         truth_bg = case.scene.extra.get("background")
         truth_light = scene_image.extra.get("lighting")
@@ -284,13 +343,30 @@ def paired_difference(a: list[float | None], b: list[float | None]) -> dict[str,
     return {"difference": float(d.mean()), "difference_se": se, "better": int((d > 0).sum()), "pairs": len(d)}
 
 
+def _away(regions: list[dict]) -> dict[str, Any]:
+    """Locked regions restricted to their pixels away from unlocked characters (reports before this have none)."""
+    parts = [r["away"] for r in regions if "away" in r]
+    kept = [a for a in parts if "layered" in a]
+    return {"regions": len(kept), "psnr": _mean([a["layered"] for a in kept]),
+            "vae_ceiling": _mean([a["vae"] for a in kept]),
+            "pixel_share": (sum(a["pixels"] for a in parts) / sum(r["pixels"] for r in regions if "away" in r)
+                            if parts else None)}
+
+
+def _occlusion(records: list[dict], key: str) -> dict[str, Any]:
+    """One occlusion subset's means over its cases, and the layered minus collage paired difference."""
+    occl = [rec[key] for rec in records if key in rec]
+    return {"cases": len(occl), "pixels": _mean([float(o["pixels"]) for o in occl]),
+            **{k: _mean([o.get(k) for o in occl]) for k in ("layered", "hard_lock", "strength", "collage", "paste")},
+            **paired_difference([o.get("layered") for o in occl], [o.get("collage") for o in occl])}
+
+
 def summarise(records: list[dict]) -> dict[str, Any]:
     """Aggregate metrics over cases (means of per-region PSNRs, in dB)."""
     locked = [r for rec in records for r in rec["locked_regions"]]
     locked_subjects = [r for r in locked if r["name"] != BACKGROUND]
     unlocked = [r for rec in records for r in rec["unlocked_regions"]]
     unlocked_subjects = [r for r in unlocked if r["name"] != BACKGROUND]
-    occl = [rec["revealed"] for rec in records if "revealed" in rec]
     flips = [rec["lock_flip"] for rec in records if "lock_flip" in rec]
     engines = sorted({k for rec in records for k in rec["psnr_image"]})
     prompt_cases = [rec for rec in records if "prompt" in rec]
@@ -301,10 +377,12 @@ def summarise(records: list[dict]) -> dict[str, Any]:
             "psnr_hard_lock": _mean([r.get("hard_lock") for r in locked]),
             "psnr_strength": _mean([r.get("strength") for r in locked]),
             "vae_ceiling": _mean([r["vae"] for r in locked]),
+            "away": _away(locked),
             "subjects_only": {"regions": len(locked_subjects), "psnr": _mean([r["layered"] for r in locked_subjects]),
                               "psnr_hard_lock": _mean([r.get("hard_lock") for r in locked_subjects]),
                               "psnr_strength": _mean([r.get("strength") for r in locked_subjects]),
-                              "vae_ceiling": _mean([r["vae"] for r in locked_subjects])},
+                              "vae_ceiling": _mean([r["vae"] for r in locked_subjects]),
+                              "away": _away(locked_subjects)},
         },
         "unlocked": {
             "regions": len(unlocked_subjects),
@@ -315,9 +393,9 @@ def summarise(records: list[dict]) -> dict[str, Any]:
         },
         "image": {k: {"psnr": _mean([rec["psnr_image"].get(k) for rec in records]),
                       "ssim": _mean([rec["ssim_image"].get(k) for rec in records])} for k in engines},
-        "occlusion": {"cases": len(occl),
-                      **{k: _mean([o.get(k) for o in occl]) for k in ("layered", "hard_lock", "strength", "collage")},
-                      **paired_difference([o.get("layered") for o in occl], [o.get("collage") for o in occl])},
+        "occlusion": _occlusion(records, "revealed"),
+        "occlusion_locked": _occlusion(records, "revealed_locked"),
+        "occlusion_all": _occlusion(records, "revealed_all"),
         "lock_flip": {"cases": len(flips), "locked": _mean([f["locked"] for f in flips]),
                       "unlocked": _mean([f["unlocked"] for f in flips])},
         "pruning": {
@@ -431,7 +509,7 @@ def run_eval(
                    pics["target"]]
             if len(fig_rows) < figure_rows and not occlusion_only:
                 fig_rows.append(row)
-            if "revealed" in record and len(occl_rows) < figure_rows:
+            if ("revealed" if occlusion_only else "revealed_all") in record and len(occl_rows) < figure_rows:
                 occl_rows.append(row)
     settings = {"model": model, "collage_model": collage_model, "scenes": scenes, "steps": steps,
                 "guidance": guidance if guidance is not None else pipe.guidance_scale, "eval_seed": EVAL_SEED,
@@ -468,7 +546,7 @@ def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
     from ..pipeline import skipped_steps
 
     s, st = report["summary"], report["settings"]
-    lk, ul, oc, pr, fl = s["locked"], s["unlocked"], s["occlusion"], s["pruning"], s["lock_flip"]
+    lk, ul, oc, pr, fl = s["locked"], s["unlocked"], occlusion_subset(s), s["pruning"], s["lock_flip"]
 
     def verdict(ok: bool | None) -> str:
         return "n/a" if ok is None else ("met" if ok else "**missed**")
@@ -492,8 +570,8 @@ def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
         f"{_f(lk['vae_ceiling'])} ({lk['regions']} regions) | {verdict(locked_ok)} |",
         f"| unlocked-region PSNR above naive pasting | {_f(ul['layered'])} vs pasting {_f(ul['paste'])} "
         f"({ul['regions']} characters) | {verdict(unlocked_ok)} |",
-        f"| layered model above the collage model on the occlusion subset | {_f(oc['layered'])} vs "
-        f"{_f(oc['collage'])} ({oc['cases']} cases{_paired(oc)}) | {verdict(occl_ok)} |",
+        f"| layered model above the collage model on the occlusion subset{_subset_words(s)} | "
+        f"{_f(oc['layered'])} vs {_f(oc['collage'])} ({oc['cases']} cases{_paired(oc)}) | {verdict(occl_ok)} |",
         f"| pruned within {PRUNE_TOLERANCE_DB:g} dB of unpruned (or above), with fewer tokens | "
         f"{_f(pr['psnr_layered'])} vs "
         f"{_f(pr['psnr_unpruned'])}; {_f(pr['tokens_layered'], '', 0)} vs {_f(pr['tokens_unpruned'], '', 0)} "
@@ -507,6 +585,8 @@ def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
         "does with the background: " + "; ".join(
             f"{bg} {_f(psnr)} vs {_f(vae)} ({n})" for bg, (n, psnr, vae) in locked_subjects_by_background(
                 report["cases"]).items()) + ".",
+        *_away_line(lk),
+        *_occlusion_parts(s),
         "- With `--hard-lock` (latent pixels, 8 px, showing locked layers only held to their latents while "
         f"sampling; an inference option, not the model): locked regions {_f(lk.get('psnr_hard_lock'))}, "
         f"locked characters {_f(lk['subjects_only'].get('psnr_hard_lock'))}, "
@@ -554,6 +634,22 @@ def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
         for fig in figures:
             lines += ["", f"![{Path(fig).stem}](figures/{Path(fig).name})"]
     return "\n".join(lines) + "\n"
+
+
+def _away_line(lk: dict[str, Any]) -> list[str]:
+    """The details line of the locked regions' pixels away from unlocked characters (none for older reports)."""
+    away, subjects = lk.get("away"), lk["subjects_only"].get("away")
+    if not away or away["psnr"] is None:
+        return []
+    chars = ("" if not subjects or subjects["psnr"] is None else
+             f"; locked characters alone {_f(subjects['psnr'])} vs {_f(subjects['vae_ceiling'])} "
+             f"({subjects['regions']} regions)")
+    return [f"- Locked regions away from unlocked characters (their pixels more than {AWAY_PX} px from any "
+            f"unlocked character in the target or on the canvas: {_f(_pct(away['pixel_share']), '%', 0)} of the "
+            f"locked pixels, {away['regions']} regions): {_f(away['psnr'])} vs VAE ceiling "
+            f"{_f(away['vae_ceiling'])}, {_f(away['vae_ceiling'] - away['psnr'])} below it (whole regions: "
+            f"{_f(lk['vae_ceiling'] - lk['psnr'])}){chars}. The difference is where the model's redrawing of "
+            "an unlocked character spills onto locked pixels."]
 
 
 def occlusion_markdown(report: dict[str, Any], command: str, machine: str) -> str:
@@ -614,7 +710,7 @@ PRUNE_TOLERANCE_DB = 0.3  # the training issue: pruned within this many dB of un
 
 def targets_met(summary: dict[str, Any]) -> dict[str, bool | None]:
     """Each target of the training issue: met (True), missed (False) or not measured (None)."""
-    lk, ul, oc, pr = summary["locked"], summary["unlocked"], summary["occlusion"], summary["pruning"]
+    lk, ul, oc, pr = summary["locked"], summary["unlocked"], occlusion_subset(summary), summary["pruning"]
     return {
         "locked": None if lk["psnr"] is None else lk["psnr"] >= 25 and lk["vae_ceiling"] - lk["psnr"] <= 3,
         "unlocked": None if ul["layered"] is None else ul["layered"] > ul["paste"],
@@ -633,7 +729,7 @@ def targets_met(summary: dict[str, Any]) -> dict[str, bool | None]:
 
 def missed_targets(summary: dict[str, Any]) -> list[str]:
     """Markdown lines for each target the summary misses: by how much, and what the measurements say about why."""
-    lk, ul, oc, pr = summary["locked"], summary["unlocked"], summary["occlusion"], summary["pruning"]
+    lk, ul, oc, pr = summary["locked"], summary["unlocked"], occlusion_subset(summary), summary["pruning"]
     met = targets_met(summary)
     lines: list[str] = []
     if met["locked"] is False:
@@ -665,6 +761,39 @@ def missed_targets(summary: dict[str, Any]) -> list[str]:
                            "unpruned)")
         lines.append(f"- Pruning: {' and '.join(reasons)}.")
     return ["", "Where a target is missed:", "", *lines] if lines else []
+
+
+def occlusion_subset(summary: dict[str, Any]) -> dict[str, Any]:
+    """The occlusion subset the target is judged on: every layer's revealed pixels ("occlusion_all"); reports
+    written before 2026-12-05 have only the unlocked characters' part ("occlusion")."""
+    every = summary.get("occlusion_all")
+    return every if every and every.get("cases") else summary["occlusion"]
+
+
+def _subset_words(summary: dict[str, Any]) -> str:
+    return " (pixels of any layer that the target shows and the collage hides)" if summary.get("occlusion_all") else ""
+
+
+def _occlusion_parts(summary: dict[str, Any]) -> list[str]:
+    """The details line splitting the occlusion subset into unlocked characters' and locked layers' pixels."""
+    if not summary.get("occlusion_all"):
+        return []
+
+    def part(oc: dict[str, Any]) -> str:
+        if not oc.get("cases"):
+            return "no case"
+        diff = "" if oc.get("difference") is None else (
+            f", layered minus collage {oc['difference']:+.2f} dB (s.e. {_f(oc.get('difference_se'), '')}; layered "
+            f"better in {oc['better']} of {oc['pairs']})")
+        return (f"layered {_f(oc['layered'])}, collage {_f(oc['collage'])}, pasting {_f(oc.get('paste'))} "
+                f"({oc['cases']} cases, {_f(oc.get('pixels'), '', 0)} pixels a case){diff}")
+
+    return [f"- The occlusion subset by layer (an unlocked background's revealed pixels count in the whole subset "
+            f"only). Unlocked characters' pixels (both models must redraw the character, "
+            f"the layered model from its whole layer, the collage model from what the collage shows of it): "
+            f"{part(summary['occlusion'])}. Locked layers' pixels that an unlocked layer covers in the canvas but "
+            f"not in the target (the layered canvas still holds them, the collage has lost them): "
+            f"{part(summary['occlusion_locked'])}."]
 
 
 def occlusion_call(oc: dict[str, Any]) -> str | None:
