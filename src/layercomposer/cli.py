@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--strength", type=float, default=None,
                     help="also run the layered model image-to-image from the flattened canvas at this strength")
     es.add_argument("--occlusion-only", action="store_true",
-                    help="evaluate only canvases of the occlusion subset (--scenes of them), layered against "
+                    help="evaluate only canvases whose target shows hidden pixels of an unlocked character (the "
+                    "occlusion subset's unlocked part; --scenes of them), layered against "
                     "--collage-model (and hard-locked unless --no-hard-lock), no unpruned run or lock flip; --results "
                     "writes that subset's own page")
     es.set_defaults(func=cmd_eval_sprites)

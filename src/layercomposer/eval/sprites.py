@@ -665,13 +665,15 @@ def occlusion_markdown(report: dict[str, Any], command: str, machine: str) -> st
     }[occlusion_call(oc)]
     revealed = [rec["revealed"] for rec in report["cases"] if "revealed" in rec]
     lines = [
-        "# Results: the occlusion subset alone",
+        "# Results: the occlusion subset's unlocked characters alone",
         "",
         f"Measured with `{command}` on {machine}. {oc['cases']} test canvases of the occlusion subset: canvases "
         "built from held-out scenes exactly as in the full evaluation (the same sampler and seeds), kept only "
         f"when the target shows at least {MIN_REVEALED_PIXELS} pixels of an unlocked character that another "
         "layer hides in the flattened canvas (the collage). PSNR over those revealed pixels against the target, "
-        f"averaged over cases, in dB; {st['steps']} sampling steps, guidance {st['guidance']}.",
+        f"averaged over cases, in dB; {st['steps']} sampling steps, guidance {st['guidance']}. (The full "
+        "evaluation's occlusion subset also counts the hidden pixels of locked layers; RESULTS.md reports both "
+        "parts.)",
         "",
         "| | PSNR on the revealed pixels |",
         "|---|---|",
