@@ -211,6 +211,13 @@ def test_occlusion_only_cases_are_the_full_runs_subset(heldout_many):
         [(c.index, c.scene.id, c.sample.image) for c in subset]
     assert all((a.revealed_mask == b.revealed_mask).all() for a, b in zip(only, subset, strict=True))
     assert [c.index for c in build_cases(scenes, 1, occlusion_only=True)] == [subset[0].index]
+    # Any layer's hidden pixels: a larger subset, again the full run's in order.
+    every = [c for c in full if c.revealed_all_mask.sum() >= MIN_REVEALED_PIXELS]
+    assert len(subset) < len(every) < len(full)
+    assert [c.index for c in build_cases(scenes, len(every), occlusion_only=True, occlusion_subset="all")] == \
+        [c.index for c in every]
+    with pytest.raises(LayerComposerError, match="occlusion subset"):
+        build_cases(scenes, 1, occlusion_only=True, occlusion_subset="locked")
 
 
 def test_eval_occlusion_only_on_tiny_models(heldout_many, tmp_path):
@@ -235,6 +242,20 @@ def test_eval_occlusion_only_on_tiny_models(heldout_many, tmp_path):
     with pytest.raises(LayerComposerError, match="collage-model"):
         run_eval("tiny-random", None, str(heldout_many), scenes=2, steps=1, guidance=None, figures=None,
                  progress=False, occlusion_only=True)
+
+
+def test_eval_occlusion_only_over_any_layer(heldout_many, tmp_path):
+    report = run_eval("tiny-random", "tiny-random", str(heldout_many), scenes=2, steps=1, guidance=None,
+                      figures=tmp_path / "figs", progress=False, hard_lock=False, occlusion_only=True,
+                      occlusion_subset="all")
+    cases, oc = report["cases"], report["summary"]["occlusion_all"]
+    assert report["settings"]["occlusion_subset"] == "all" and all("revealed_all" in c for c in cases)
+    diffs = [c["revealed_all"]["layered"] - c["revealed_all"]["collage"] for c in cases]
+    assert oc["cases"] == 2 and oc["difference"] == pytest.approx(np.mean(diffs))
+    assert [Path(f).name for f in report["figures"] if f] == ["occlusion_only_all.png"]
+    text = occlusion_markdown(report, "layercomposer eval sprites --occlusion-only --occlusion-subset all", "a test")
+    assert text.startswith("# Results: the occlusion subset alone") and "pixels of any layer that" in text
+    assert f"| layered model | {oc['layered']:.2f} dB |" in text and "The occlusion subset by layer (" in text
 
 
 def test_paired_difference_by_hand():

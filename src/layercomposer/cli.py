@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "occlusion subset's unlocked part; --scenes of them), layered against "
                     "--collage-model (and hard-locked unless --no-hard-lock), no unpruned run or lock flip; --results "
                     "writes that subset's own page")
+    es.add_argument("--occlusion-subset", choices=("unlocked", "all"), default="unlocked",
+                    help="with --occlusion-only: select canvases by hidden pixels of unlocked characters (default) "
+                    "or of any layer (the occlusion subset RESULTS.md judges the target on)")
     es.set_defaults(func=cmd_eval_sprites)
     ex = ev_sub.add_parser("examples", help="figure of the example canvases rendered by a model")
     ex.add_argument("--model", default=None, help="layered model (default: demo)")
@@ -621,7 +624,8 @@ def cmd_eval_sprites(args: argparse.Namespace) -> int:
         raise LayerComposerError(f"--scenes: must be between 1 and 10000, got {args.scenes}")
     report = run_eval(args.model or default_model(), args.collage_model, args.data, args.scenes, args.steps,
                       args.guidance, Path(args.figures) if args.figures else None, hard_lock=args.hard_lock,
-                      strength=args.strength, occlusion_only=args.occlusion_only)
+                      strength=args.strength, occlusion_only=args.occlusion_only,
+                      occlusion_subset=args.occlusion_subset)
     if args.json:
         save_report(report, Path(args.json))
     if args.results:

@@ -50,8 +50,12 @@ MIN_REVEALED_PIXELS = 30
 """A case enters an occlusion subset when T shows at least this many of its pixels that the collage hides."""
 AWAY_PX = 12
 """Locked pixels count as away from the unlocked characters when none is within this many pixels (square)."""
-OCCLUSION_SCENES_PER_CASE = 5
-"""Held-out scenes generated per case asked for by an occlusion-only run without --data."""
+OCCLUSION_SCENES_PER_CASE = {"unlocked": 5, "all": 2}
+"""Held-out scenes generated per case asked for by an occlusion-only run without --data (about one canvas in
+four shows hidden pixels of an unlocked character, seven in ten hidden pixels of any layer)."""
+OCCLUSION_SUBSETS = ("unlocked", "all")
+"""What an occlusion-only run selects by: unlocked characters' hidden pixels, or any layer's."""
+_SUBSET_KEY = {"unlocked": "revealed", "all": "revealed_all"}
 
 
 @dataclass
@@ -160,12 +164,16 @@ def revealed_masks(canvas: Canvas, visible: dict[str, np.ndarray]) -> dict[str, 
     return out
 
 
-def build_cases(scenes: SceneSet, count: int, seed: int = EVAL_SEED, occlusion_only: bool = False) -> list[Case]:
+def build_cases(scenes: SceneSet, count: int, seed: int = EVAL_SEED, occlusion_only: bool = False,
+                occlusion_subset: str = "unlocked") -> list[Case]:
     """`count` test canvases from scenes with at least two pictures, one per scene in order.
 
-    `occlusion_only` keeps only the canvases that enter the occlusion subset (at least MIN_REVEALED_PIXELS that
-    T shows and the collage hides). A case keeps the index (and so the canvas and the sampling seed) it has
-    in the full run: the occlusion subset of a full run on the same scenes is the start of this one."""
+    `occlusion_only` keeps only the canvases that enter an occlusion subset (at least MIN_REVEALED_PIXELS that
+    T shows and the collage hides): of unlocked characters (`occlusion_subset="unlocked"`) or of any layer
+    (`"all"`). A case keeps the index (and so the canvas and the sampling seed) it has in the full run: the
+    occlusion subset of a full run on the same scenes is the start of this one."""
+    if occlusion_subset not in OCCLUSION_SUBSETS:
+        raise LayerComposerError(f"occlusion subset: one of {', '.join(OCCLUSION_SUBSETS)}, got {occlusion_subset!r}")
     cases = []
     candidates = 0
     for scene in scenes.scenes:
@@ -179,7 +187,8 @@ def build_cases(scenes: SceneSet, count: int, seed: int = EVAL_SEED, occlusion_o
         case = Case(candidates, scene, sample, visible, revealed_masks(sample.canvas, visible),
                     near_unlocked_mask(sample.canvas, visible, sample.unlocked))
         candidates += 1
-        if not occlusion_only or case.revealed_pixels >= MIN_REVEALED_PIXELS:
+        revealed = case.revealed_mask if occlusion_subset == "unlocked" else case.revealed_all_mask
+        if not occlusion_only or revealed.sum() >= MIN_REVEALED_PIXELS:
             cases.append(case)
     return cases
 
@@ -466,13 +475,14 @@ def figure_grid(rows: list[list[Image.Image]], header: list[str], out: Path, cel
 def run_eval(
     model: str, collage_model: str | None, data: str | None, scenes: int, steps: int, guidance: float | None,
     figures: Path | None, figure_rows: int = 6, progress: bool = True, hard_lock: bool = True,
-    strength: float | None = None, occlusion_only: bool = False,
+    strength: float | None = None, occlusion_only: bool = False, occlusion_subset: str = "unlocked",
 ) -> dict[str, Any]:
     """Evaluate on `scenes` held-out cases; returns {"summary", "cases", "settings"}.
 
     `occlusion_only`: `scenes` cases of the occlusion subset only (the scenes scanned in order as in a full run,
     the others skipped), each with the layered and the collage model and no other ablation; for an ordering of
-    the two models on that subset with a small standard error."""
+    the two models on that subset with a small standard error. `occlusion_subset`: which subset ("unlocked":
+    unlocked characters' hidden pixels; "all": any layer's)."""
     import sys
     import tempfile
 
@@ -492,10 +502,11 @@ def run_eval(
         if root is None:
             # Enough held-out scenes for `scenes` cases (a few have one picture only; about one canvas in
             # four enters the occlusion subset).
-            factor = OCCLUSION_SCENES_PER_CASE if occlusion_only else 1.25
+            factor = OCCLUSION_SCENES_PER_CASE[occlusion_subset] if occlusion_only else 1.25
             generate_dataset(tmp, int(scenes * factor) + 5, seed=EVAL_SEED, size=256, split="heldout")
             root = tmp
-        cases = build_cases(SceneSet.load(root), scenes, occlusion_only=occlusion_only)
+        cases = build_cases(SceneSet.load(root), scenes, occlusion_only=occlusion_only,
+                            occlusion_subset=occlusion_subset)
         if occlusion_only and len(cases) < scenes:
             print(f"layercomposer: only {len(cases)} of the {scenes} occlusion cases asked for in {root}; "
                   "evaluating those (generate more held-out scenes for more)", file=sys.stderr)
@@ -509,11 +520,13 @@ def run_eval(
                    pics["target"]]
             if len(fig_rows) < figure_rows and not occlusion_only:
                 fig_rows.append(row)
-            if ("revealed" if occlusion_only else "revealed_all") in record and len(occl_rows) < figure_rows:
+            if (_SUBSET_KEY[occlusion_subset] if occlusion_only else "revealed_all") in record \
+                    and len(occl_rows) < figure_rows:
                 occl_rows.append(row)
     settings = {"model": model, "collage_model": collage_model, "scenes": scenes, "steps": steps,
                 "guidance": guidance if guidance is not None else pipe.guidance_scale, "eval_seed": EVAL_SEED,
-                "hard_lock": hard_lock, "strength": strength, "occlusion_only": occlusion_only}
+                "hard_lock": hard_lock, "strength": strength, "occlusion_only": occlusion_only,
+                **({"occlusion_subset": occlusion_subset} if occlusion_only else {})}
     report = {"settings": settings, "summary": summarise(records), "cases": records}
     if figures is not None:
         second = "collage model" if collage_pipe is not None else "pasted"
@@ -522,10 +535,14 @@ def run_eval(
         # The occlusion-only run writes its own file, so that it never replaces a full run's figures.
         report["figures"] = [
             str(figure_grid(fig_rows, header, figures / "sprites_grid.png")) if fig_rows else None,
-            str(figure_grid(occl_rows, header, figures / ("occlusion_only.png" if occlusion_only else
+            str(figure_grid(occl_rows, header, figures / (_occlusion_figure(occlusion_subset) if occlusion_only else
                                                           "sprites_occlusion.png"))) if occl_rows else None,
         ]
     return report
+
+
+def _occlusion_figure(subset: str) -> str:
+    return "occlusion_only.png" if subset == "unlocked" else f"occlusion_only_{subset}.png"
 
 
 def save_report(report: dict[str, Any], path: Path) -> None:
@@ -655,7 +672,8 @@ def _away_line(lk: dict[str, Any]) -> list[str]:
 def occlusion_markdown(report: dict[str, Any], command: str, machine: str) -> str:
     """The page of an occlusion-only run: the layered and the collage model on the occlusion subset alone."""
     s, st = report["summary"], report["settings"]
-    oc = s["occlusion"]
+    subset = st.get("occlusion_subset", "unlocked")
+    oc = s["occlusion"] if subset == "unlocked" else s["occlusion_all"]
     diff, se = oc.get("difference"), oc.get("difference_se")
     verdict = {
         None: "not measured (fewer than two cases)",
@@ -663,17 +681,21 @@ def occlusion_markdown(report: dict[str, Any], command: str, machine: str) -> st
         "below": "the layered model is below the collage model (the difference is more than two standard errors)",
         "unclear": "the two models are not told apart (the difference is within two standard errors)",
     }[occlusion_call(oc)]
-    revealed = [rec["revealed"] for rec in report["cases"] if "revealed" in rec]
+    key = _SUBSET_KEY[subset]
+    revealed = [rec[key] for rec in report["cases"] if key in rec]
+    what, title, note = (
+        ("an unlocked character", "the occlusion subset's unlocked characters alone",
+         " (The full evaluation's occlusion subset also counts the hidden pixels of locked layers; RESULTS.md "
+         "reports both parts.)") if subset == "unlocked" else
+        ("any layer", "the occlusion subset alone", ""))
     lines = [
-        "# Results: the occlusion subset's unlocked characters alone",
+        f"# Results: {title}",
         "",
         f"Measured with `{command}` on {machine}. {oc['cases']} test canvases of the occlusion subset: canvases "
         "built from held-out scenes exactly as in the full evaluation (the same sampler and seeds), kept only "
-        f"when the target shows at least {MIN_REVEALED_PIXELS} pixels of an unlocked character that another "
+        f"when the target shows at least {MIN_REVEALED_PIXELS} pixels of {what} that another "
         "layer hides in the flattened canvas (the collage). PSNR over those revealed pixels against the target, "
-        f"averaged over cases, in dB; {st['steps']} sampling steps, guidance {st['guidance']}. (The full "
-        "evaluation's occlusion subset also counts the hidden pixels of locked layers; RESULTS.md reports both "
-        "parts.)",
+        f"averaged over cases, in dB; {st['steps']} sampling steps, guidance {st['guidance']}.{note}",
         "",
         "| | PSNR on the revealed pixels |",
         "|---|---|",
@@ -685,6 +707,7 @@ def occlusion_markdown(report: dict[str, Any], command: str, machine: str) -> st
         f"Layered minus collage, paired by case: {_f(diff)} (standard error {_f(se)}; the layered model above in "
         f"{oc.get('better', 0)} of {oc.get('pairs', 0)} cases): {verdict}. Revealed pixels per case: "
         f"{_f(_mean([float(r['pixels']) for r in revealed]), '', 0)} on average.",
+        *(["", *_occlusion_parts(s)] if subset == "all" else []),
     ]
     figures = [f for f in report.get("figures", []) if f]
     if figures:
