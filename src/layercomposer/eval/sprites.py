@@ -500,8 +500,8 @@ def run_eval(
     with tempfile.TemporaryDirectory() as tmp:
         root = data
         if root is None:
-            # Enough held-out scenes for `scenes` cases (a few have one picture only; about one canvas in
-            # four enters the occlusion subset).
+            # Enough held-out scenes for `scenes` cases (a few have one picture only; OCCLUSION_SCENES_PER_CASE
+            # says how many canvases enter each occlusion subset).
             factor = OCCLUSION_SCENES_PER_CASE[occlusion_subset] if occlusion_only else 1.25
             generate_dataset(tmp, int(scenes * factor) + 5, seed=EVAL_SEED, size=256, split="heldout")
             root = tmp
