@@ -299,6 +299,10 @@ def test_missed_targets_and_locked_characters_by_background():
     summary["locked"] = {"psnr": 26.0, "vae_ceiling": 30.0}
     summary["unlocked"]["layered"] = 12.0
     assert "the model is what falls short" in "\n".join(missed_targets(summary))
+    assert "Away from unlocked characters" not in "\n".join(missed_targets(summary))  # older reports
+    summary["locked"]["away"] = {"psnr": 27.0, "vae_ceiling": 29.5, "pixel_share": 0.9, "regions": 3}
+    assert ("Away from unlocked characters (90% of the locked pixels) they read 27.00 dB, 2.50 dB below their "
+            "ceiling") in "\n".join(missed_targets(summary))
     summary["locked"]["psnr"] = 27.5
     assert missed_targets(summary) == []
     summary["pruning"]["tokens_layered"] = 600  # no fewer tokens: missed, however close the PSNR

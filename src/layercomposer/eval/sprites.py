@@ -763,8 +763,14 @@ def missed_targets(summary: dict[str, Any]) -> list[str]:
                f"{25 - lk['vae_ceiling']:.2f} dB short of 25: no model that decodes through this VAE can reach "
                "it; a VAE that keeps more (less downsampling, more latent channels) comes first"
                if lk["vae_ceiling"] < 25 else "the VAE allows it; the model is what falls short")
+        away = lk.get("away") or {}
+        near = "" if away.get("psnr") is None else (
+            f" Away from unlocked characters ({_f(_pct(away['pixel_share']), '%', 0)} of the locked pixels) they read "
+            f"{away['psnr']:.2f} dB, {away['vae_ceiling'] - away['psnr']:.2f} dB below their ceiling: the rest of "
+            "the gap is where the model's redrawing of an unlocked character spills over a locked layer (details "
+            "below).")
         lines.append(f"- Locked regions: {max(0.0, 25 - lk['psnr']):.2f} dB short of 25 dB and {gap:.2f} dB below "
-                     f"the VAE ceiling ({'within' if gap <= 3 else 'not within'} 3 dB); {why}.")
+                     f"the VAE ceiling ({'within' if gap <= 3 else 'not within'} 3 dB); {why}.{near}")
     if met["unlocked"] is False:
         lines.append(f"- Unlocked regions: {ul['paste'] - ul['layered']:.2f} dB below naive pasting.")
     if met["occlusion"] is False:
