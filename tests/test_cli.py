@@ -170,6 +170,7 @@ BAD = [
     (["generate", "{canvas}", "-o", "{tmp}/no/such/dir/out.png"], "does not exist"),
     (["flatten", "{notimage}", "-o", "{out}"], "not an image"),
     (["eval", "sprites", "--model", "tiny-random", "--occlusion-only", "--scenes", "2"], "give --collage-model"),
+    (["eval", "sprites", "--model", "tiny-random", "--occlusion-subset", "all"], "only with --occlusion-only"),
 ]
 
 

@@ -622,6 +622,8 @@ def cmd_eval_sprites(args: argparse.Namespace) -> int:
 
     if not 1 <= args.scenes <= 10_000:
         raise LayerComposerError(f"--scenes: must be between 1 and 10000, got {args.scenes}")
+    if args.occlusion_subset != "unlocked" and not args.occlusion_only:
+        raise LayerComposerError("--occlusion-subset: only with --occlusion-only (a full run reports every subset)")
     report = run_eval(args.model or default_model(), args.collage_model, args.data, args.scenes, args.steps,
                       args.guidance, Path(args.figures) if args.figures else None, hard_lock=args.hard_lock,
                       strength=args.strength, occlusion_only=args.occlusion_only,
