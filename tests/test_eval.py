@@ -173,6 +173,7 @@ def test_eval_end_to_end_on_tiny_models(heldout, tmp_path):
     assert {"occlusion", "occlusion_locked", "occlusion_all"} <= set(summary)
     assert summary["occlusion_all"]["cases"] >= max(summary["occlusion"]["cases"], summary["occlusion_locked"]["cases"])
     assert "The occlusion subset by layer (" in text
+    assert "; layered minus collage on locked layers' pixels " in text
     # 5 columns: canvas, collage model, layered, layered + hard lock, target (192 px cells, 4 px gaps).
     assert Image.open(tmp_path / "figs" / "sprites_grid.png").width == 5 * 196 + 4
 

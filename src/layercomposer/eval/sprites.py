@@ -588,7 +588,8 @@ def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
         f"| unlocked-region PSNR above naive pasting | {_f(ul['layered'])} vs pasting {_f(ul['paste'])} "
         f"({ul['regions']} characters) | {verdict(unlocked_ok)} |",
         f"| layered model above the collage model on the occlusion subset{_subset_words(s)} | "
-        f"{_f(oc['layered'])} vs {_f(oc['collage'])} ({oc['cases']} cases{_paired(oc)}) | {verdict(occl_ok)} |",
+        f"{_f(oc['layered'])} vs {_f(oc['collage'])} ({oc['cases']} cases{_paired(oc)}){_parts_cell(s)} | "
+        f"{verdict(occl_ok)} |",
         f"| pruned within {PRUNE_TOLERANCE_DB:g} dB of unpruned (or above), with fewer tokens | "
         f"{_f(pr['psnr_layered'])} vs "
         f"{_f(pr['psnr_unpruned'])}; {_f(pr['tokens_layered'], '', 0)} vs {_f(pr['tokens_unpruned'], '', 0)} "
@@ -803,6 +804,21 @@ def occlusion_subset(summary: dict[str, Any]) -> dict[str, Any]:
 
 def _subset_words(summary: dict[str, Any]) -> str:
     return " (pixels of any layer that the target shows and the collage hides)" if summary.get("occlusion_all") else ""
+
+
+def _parts_cell(summary: dict[str, Any]) -> str:
+    """The occlusion row's split at a glance: layered minus collage on each part (none for older reports)."""
+    if not summary.get("occlusion_all"):
+        return ""
+
+    def diff(oc: dict[str, Any]) -> str:
+        if oc.get("difference") is None:
+            return "n/a"
+        return f"{oc['difference']:+.2f} dB" + ("" if oc.get("difference_se") is None else
+                                               f" (s.e. {oc['difference_se']:.2f})")
+
+    return (f"; layered minus collage on locked layers' pixels {diff(summary['occlusion_locked'])}, on unlocked "
+            f"characters' {diff(summary['occlusion'])}")
 
 
 def _occlusion_parts(summary: dict[str, Any]) -> list[str]:
