@@ -174,6 +174,13 @@ def test_eval_end_to_end_on_tiny_models(heldout, tmp_path):
     assert summary["occlusion_all"]["cases"] >= max(summary["occlusion"]["cases"], summary["occlusion_locked"]["cases"])
     assert "The occlusion subset by layer (" in text
     assert "; layered minus collage on locked layers' pixels " in text
+    # The collage model on locked regions (the ablation's locked fidelity), paired region by region.
+    locked = [r for c in report["cases"] for r in c["locked_regions"]]
+    assert locked and all("collage" in r for r in locked)
+    diffs = [r["layered"] - r["collage"] for r in locked if math.isfinite(r["layered"] - r["collage"])]
+    assert summary["locked"]["collage"]["pairs"] == len(diffs)
+    assert summary["locked"]["collage"]["difference"] == pytest.approx(float(np.mean(diffs)))
+    assert "- Locked regions, collage model (the ablation without the layered canvas" in text
     # 5 columns: canvas, collage model, layered, layered + hard lock, target (192 px cells, 4 px gaps).
     assert Image.open(tmp_path / "figs" / "sprites_grid.png").width == 5 * 196 + 4
 
@@ -326,6 +333,38 @@ def test_missed_targets_and_locked_characters_by_background():
              {"background": "unlocked", "locked_regions": []}]
     # the background layer is not a character; a case without locked characters adds no group
     assert locked_subjects_by_background(cases) == {"none": (2, 15.0, 20.0), "locked": (2, 19.0, 20.5)}
+
+
+def test_summarise_compares_the_collage_model_on_locked_regions():
+    from layercomposer.eval.sprites import summarise
+
+    def region(name, layered, collage, vae, away=None):
+        return {"name": name, "pixels": 100, "layered": layered, "collage": collage, "vae": vae,
+                "away": {"pixels": 90, **(away or {})}}
+
+    def record(locked):
+        return {"locked_regions": locked, "unlocked_regions": [], "psnr_image": {"layered": 20.0},
+                "ssim_image": {"layered": 0.5}, "tokens": {"layered": 10}, "seconds_per_step": {"layered": 0.1}}
+
+    records = [record([region("background", 30.0, 27.0, 33.0, {"layered": 31.0, "collage": 29.0, "vae": 34.0}),
+                       region("a", 20.0, 21.0, 23.0, {"layered": 21.0, "collage": 20.0, "vae": 24.0})]),
+               record([region("b", 18.0, 14.0, 22.0)])]
+    lk = summarise(records)["locked"]
+    # By hand: collage (27 + 21 + 14) / 3 = 20.67; layered minus collage 3, -1, 4: mean 2, sd sqrt(7), s.e. sqrt(7/3).
+    assert lk["collage"]["psnr_collage"] == pytest.approx(62 / 3)
+    assert lk["collage"]["difference"] == pytest.approx(2.0)
+    assert lk["collage"]["difference_se"] == pytest.approx(math.sqrt(7 / 3))
+    assert (lk["collage"]["better"], lk["collage"]["pairs"]) == (2, 3)
+    # characters only: a and b, differences -1 and 4
+    assert lk["subjects_only"]["collage"]["difference"] == pytest.approx(1.5)
+    assert lk["subjects_only"]["collage"]["psnr_collage"] == pytest.approx(17.5)
+    assert lk["away"]["psnr_collage"] == pytest.approx(24.5) and lk["away"]["psnr"] == pytest.approx(26.0)
+    # Reports written before the collage model was measured on locked regions: nothing to compare.
+    for rec in records:
+        for r in rec["locked_regions"]:
+            del r["collage"]
+    old = summarise(records)["locked"]["collage"]
+    assert old["psnr_collage"] is None and old["pairs"] == 0
 
 
 def test_canvas_preview_marks_locks(heldout):

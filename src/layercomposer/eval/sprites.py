@@ -280,7 +280,9 @@ def evaluate_case(case: Case, pipe, collage_pipe, steps: int, guidance: float | 
                    **({"unpruned": unpruned.plan.total} if unpruned is not None else {})},
         "seconds_per_step": {"layered": s_layered, **({"unpruned": s_unpruned} if unpruned is not None else {})},
     }
-    locked_engines = [k for k in ("layered", "hard_lock", "strength", "unpruned", "vae") if k in pics]
+    # The collage model on locked regions is the ablation's locked fidelity: it sees the same pixels, flattened,
+    # and cannot tell a locked layer from an unlocked one.
+    locked_engines = [k for k in ("layered", "hard_lock", "strength", "unpruned", "collage", "vae") if k in pics]
     record["locked_regions"] = []
     for name in sample.locked:
         mask = case.visible[name]
@@ -364,7 +366,7 @@ def _away(regions: list[dict]) -> dict[str, Any]:
     parts = [r["away"] for r in regions if "away" in r]
     kept = [a for a in parts if "layered" in a]
     return {"regions": len(kept), "psnr": _mean([a["layered"] for a in kept]),
-            "vae_ceiling": _mean([a["vae"] for a in kept]),
+            "psnr_collage": _mean([a.get("collage") for a in kept]), "vae_ceiling": _mean([a["vae"] for a in kept]),
             "pixel_share": (sum(a["pixels"] for a in parts) / sum(r["pixels"] for r in regions if "away" in r)
                             if parts else None)}
 
@@ -375,6 +377,13 @@ def _occlusion(records: list[dict], key: str) -> dict[str, Any]:
     return {"cases": len(occl), "pixels": _mean([float(o["pixels"]) for o in occl]),
             **{k: _mean([o.get(k) for o in occl]) for k in ("layered", "hard_lock", "strength", "collage", "paste")},
             **paired_difference([o.get("layered") for o in occl], [o.get("collage") for o in occl])}
+
+
+def _locked_vs_collage(regions: list[dict]) -> dict[str, Any]:
+    """The collage model on locked regions: its mean PSNR and the layered minus collage paired difference
+    (reports before 2026-12-05 have no collage PSNR there: None and no pairs)."""
+    return {"psnr_collage": _mean([r.get("collage") for r in regions]),
+            **paired_difference([r["layered"] for r in regions], [r.get("collage") for r in regions])}
 
 
 def summarise(records: list[dict]) -> dict[str, Any]:
@@ -393,11 +402,13 @@ def summarise(records: list[dict]) -> dict[str, Any]:
             "psnr_hard_lock": _mean([r.get("hard_lock") for r in locked]),
             "psnr_strength": _mean([r.get("strength") for r in locked]),
             "vae_ceiling": _mean([r["vae"] for r in locked]),
+            "collage": _locked_vs_collage(locked),
             "away": _away(locked),
             "subjects_only": {"regions": len(locked_subjects), "psnr": _mean([r["layered"] for r in locked_subjects]),
                               "psnr_hard_lock": _mean([r.get("hard_lock") for r in locked_subjects]),
                               "psnr_strength": _mean([r.get("strength") for r in locked_subjects]),
                               "vae_ceiling": _mean([r["vae"] for r in locked_subjects]),
+                              "collage": _locked_vs_collage(locked_subjects),
                               "away": _away(locked_subjects)},
         },
         "unlocked": {
@@ -611,6 +622,7 @@ def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
             f"{bg} {_f(psnr)} vs {_f(vae)} ({n})" for bg, (n, psnr, vae) in locked_subjects_by_background(
                 report["cases"]).items()) + ".",
         *_away_line(lk),
+        *_collage_locked_line(lk),
         *_occlusion_parts(s),
         "- With `--hard-lock` (latent pixels, 8 px, showing locked layers only held to their latents while "
         f"sampling; an inference option, not the model): locked regions {_f(lk.get('psnr_hard_lock'))}, "
@@ -675,6 +687,23 @@ def _away_line(lk: dict[str, Any]) -> list[str]:
             f"{_f(away['vae_ceiling'])}, {_f(away['vae_ceiling'] - away['psnr'])} below it (whole regions: "
             f"{_f(lk['vae_ceiling'] - lk['psnr'])}){chars}. The difference is where the model's redrawing of "
             "an unlocked character spills onto locked pixels."]
+
+
+def _collage_locked_line(lk: dict[str, Any]) -> list[str]:
+    """The details line of the collage model on locked regions (none for reports without it)."""
+    whole, subjects = lk.get("collage"), lk["subjects_only"].get("collage")
+    if not whole or whole["psnr_collage"] is None:
+        return []
+    away = lk.get("away") or {}
+    away_text = ("" if away.get("psnr_collage") is None else
+                 f"; away from unlocked characters {_f(away['psnr_collage'])} against {_f(away['psnr'])}")
+    chars = ("" if not subjects or subjects["psnr_collage"] is None else
+             f"; locked characters alone {_f(subjects['psnr_collage'])} against {_f(lk['subjects_only']['psnr'])}, "
+             f"layered minus collage {_difference(subjects, better=True)}")
+    return [f"- Locked regions, collage model (the ablation without the layered canvas: the same layers flattened "
+            f"into one picture, with nothing to tell locked from unlocked): {_f(whole['psnr_collage'])} against the "
+            f"layered model's {_f(lk['psnr'])}, layered minus collage {_difference(whole, better=True)} "
+            f"({whole['pairs']} regions){chars}{away_text}."]
 
 
 def occlusion_markdown(report: dict[str, Any], command: str, machine: str) -> str:
@@ -823,8 +852,8 @@ def _parts_cell(summary: dict[str, Any]) -> str:
 
 
 def _difference(oc: dict[str, Any], better: bool = False) -> str:
-    """`+2.32 dB (s.e. 0.55)` for an occlusion subset's paired difference (`better`: `; layered better in 30 of
-    39` inside the brackets)."""
+    """`+2.32 dB (s.e. 0.55)` for a layered minus collage paired difference (an occlusion subset's, or locked
+    regions'; `better`: `; layered better in 30 of 39` inside the brackets)."""
     if oc.get("difference") is None:
         return "n/a"
     inside = [] if oc.get("difference_se") is None else [f"s.e. {oc['difference_se']:.2f}"]
