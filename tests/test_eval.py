@@ -332,7 +332,12 @@ def test_missed_targets_and_locked_characters_by_background():
              {"background": "locked", "locked_regions": [region("d", 20, 21)]},
              {"background": "unlocked", "locked_regions": []}]
     # the background layer is not a character; a case without locked characters adds no group
-    assert locked_subjects_by_background(cases) == {"none": (2, 15.0, 20.0), "locked": (2, 19.0, 20.5)}
+    assert locked_subjects_by_background(cases) == {"none": (2, 15.0, 20.0, None), "locked": (2, 19.0, 20.5, None)}
+    for case, collage in zip(cases, ([29, 17], [12, 13], [19], []), strict=True):
+        for r, c in zip(case["locked_regions"], collage, strict=True):
+            r["collage"] = c
+    # the collage model's mean beside the layered model's: (17 + 19) / 2 and (12 + 13) / 2
+    assert locked_subjects_by_background(cases) == {"none": (2, 15.0, 20.0, 12.5), "locked": (2, 19.0, 20.5, 18.0)}
 
 
 def test_summarise_compares_the_collage_model_on_locked_regions():

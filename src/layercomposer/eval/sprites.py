@@ -15,11 +15,11 @@ background locked, unlocked or left out. Measured against T:
   canvas itself, what a collage without a model gives);
 - whole-image PSNR and SSIM; layout (where each unlocked character was drawn, by template matching against
   T, in px); prompt adherence (background and lighting classified from the picture, when not locked);
-- ablations: the collage-conditioned model on the same canvases, with the occlusion subset (pixels of a
-  layer that T shows but that another layer covers in the collage), split into the pixels of unlocked
-  characters (which both models must redraw) and of locked layers (which the layered canvas still holds
-  under the unlocked layer in front and the collage has lost); one character locked vs unlocked;
-  pruned vs unpruned conditioning (quality, tokens, seconds per step).
+- ablations: the collage-conditioned model on the same canvases (on locked regions too: what locking is for),
+  with the occlusion subset (pixels of a layer that T shows but that another layer covers in the collage),
+  split into the pixels of unlocked characters (which both models must redraw) and of locked layers (which
+  the layered canvas still holds under the unlocked layer in front and the collage has lost); one character
+  locked vs unlocked; pruned vs unpruned conditioning (quality, tokens, seconds per step).
 """
 
 from __future__ import annotations
@@ -619,8 +619,8 @@ def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
         f"- Locked characters only (background excluded): {_f(lk['subjects_only']['psnr'])} vs VAE ceiling "
         f"{_f(lk['subjects_only']['vae_ceiling'])} ({lk['subjects_only']['regions']} regions); by what the canvas "
         "does with the background: " + "; ".join(
-            f"{bg} {_f(psnr)} vs {_f(vae)} ({n})" for bg, (n, psnr, vae) in locked_subjects_by_background(
-                report["cases"]).items()) + ".",
+            f"{bg} {_f(psnr)}{'' if collage is None else f' (collage model {_f(collage)})'} vs {_f(vae)} ({n})"
+            for bg, (n, psnr, vae, collage) in locked_subjects_by_background(report["cases"]).items()) + ".",
         *_away_line(lk),
         *_collage_locked_line(lk),
         *_occlusion_parts(s),
@@ -702,8 +702,8 @@ def _collage_locked_line(lk: dict[str, Any]) -> list[str]:
              f"layered minus collage {_difference(subjects, better=True)}")
     return [f"- Locked regions, collage model (the ablation without the layered canvas: the same layers flattened "
             f"into one picture, with nothing to tell locked from unlocked): {_f(whole['psnr_collage'])} against the "
-            f"layered model's {_f(lk['psnr'])}, layered minus collage {_difference(whole, better=True)} "
-            f"({whole['pairs']} regions){chars}{away_text}."]
+            f"layered model's {_f(lk['psnr'])}, layered minus collage {_difference(whole, better=True)}"
+            f"{chars}{away_text}."]
 
 
 def occlusion_markdown(report: dict[str, Any], command: str, machine: str) -> str:
@@ -754,16 +754,18 @@ def occlusion_markdown(report: dict[str, Any], command: str, machine: str) -> st
     return "\n".join(lines) + "\n"
 
 
-def locked_subjects_by_background(cases: list[dict[str, Any]]) -> dict[str, tuple[int, float, float]]:
+def locked_subjects_by_background(cases: list[dict[str, Any]]) -> dict[str, tuple[int, float, float, float | None]]:
     """Locked characters (not the background layer) grouped by the case's background (`none`, `unlocked`,
-    `locked`): {background: (regions, mean PSNR of the layered model, mean VAE ceiling)}, groups with any."""
-    groups: dict[str, list[tuple[float, float]]] = {}
+    `locked`): {background: (regions, mean PSNR of the layered model, mean VAE ceiling, mean PSNR of the collage
+    model or None where a report has none)}, groups with any."""
+    groups: dict[str, list[dict[str, Any]]] = {}
     for case in cases:
         for region in case["locked_regions"]:
             if region["name"] != "background":
-                groups.setdefault(case["background"], []).append((region["layered"], region["vae"]))
+                groups.setdefault(case["background"], []).append(region)
     order = {"none": 0, "unlocked": 1, "locked": 2}
-    return {bg: (len(v), float(np.mean([p for p, _ in v])), float(np.mean([c for _, c in v])))
+    return {bg: (len(v), float(np.mean([r["layered"] for r in v])), float(np.mean([r["vae"] for r in v])),
+                 _mean([r.get("collage") for r in v]))
             for bg, v in sorted(groups.items(), key=lambda kv: order.get(kv[0], 3))}
 
 
