@@ -146,7 +146,6 @@ def test_model_errors(tmp_path):
         LayerComposerPipeline.from_pretrained(tmp_path / "half")
 
 
-
 def test_damaged_weights_are_a_one_line_model_error(tmp_path):
     import json
     import shutil
