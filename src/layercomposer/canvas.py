@@ -13,8 +13,11 @@ import json
 import math
 import os
 import posixpath
+import stat
+import struct
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,7 +27,15 @@ import numpy as np
 from PIL import Image
 
 from .errors import CanvasError
-from .imageio import MAX_IMAGE_BYTES, decode_image, encode_png
+from .imageio import (
+    HEADER_BYTES,
+    MAX_IMAGE_BYTES,
+    check_encoded_size,
+    decode_image,
+    encode_png,
+    max_encoded_bytes,
+    probe_image,
+)
 
 CANVAS_VERSION = 1
 MIN_SIDE, MAX_SIDE = 64, 4096
@@ -37,6 +48,17 @@ TOKEN_PX = 16
 
 MAX_BUNDLE_MEMBERS = 1000
 MAX_CANVAS_JSON_BYTES = 16 * 1024 * 1024
+MAX_BUNDLE_BYTES = 1024 * 1024 * 1024
+"""Largest `.lcz` file read."""
+MAX_BUNDLE_INFLATED_BYTES = 512 * 1024 * 1024
+"""Most bytes inflated from one bundle, all members together (each member is inflated once)."""
+MAX_PROMPT_LENGTH = 2000
+MAX_META_BYTES = 64 * 1024
+"""Largest `meta` object (canvas or layer) as compact JSON."""
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of objects and lists inside `meta`."""
+MAX_NUMBER = 1e15
+"""Largest magnitude of any number in a canvas (x, y, scale and rotation have tighter limits of their own)."""
 
 LayerKind = Literal["subject", "background"]
 _KINDS = ("subject", "background")
@@ -56,40 +78,50 @@ class LayerImage:
     whatever file it came from.
     """
 
-    __slots__ = ("_data", "_digest", "_rgba", "ext", "source_name")
+    __slots__ = ("_data", "_digest", "_rgba", "_size", "ext", "source_name")
 
-    def __init__(self, data: bytes | None, rgba: Image.Image, ext: str, source_name: str | None = None) -> None:
+    def __init__(self, data: bytes | None, rgba: Image.Image | None, ext: str, source_name: str | None = None,
+                 size: tuple[int, int] | None = None) -> None:
+        if rgba is None and (data is None or size is None):
+            raise ValueError("LayerImage: a lazily decoded image needs its bytes and size")
         self._data = data  # None: encode to PNG when first needed (saving), not on every construction
         self.ext = ext
         self.source_name = source_name
-        self._rgba = rgba
+        self._rgba = rgba  # None: decoded from `_data` when first needed
+        self._size = rgba.size if rgba is not None else size
         self._digest: str | None = None
 
     @classmethod
-    def from_bytes(cls, data: bytes, where: str, source_name: str | None = None) -> LayerImage:
-        """Decode `data` (any format Pillow reads) with the limits of section 2."""
+    def from_bytes(cls, data: bytes, where: str, source_name: str | None = None, lazy: bool = False) -> LayerImage:
+        """Decode `data` (any format Pillow reads) with the limits of section 2.
+
+        `lazy`: check only the header and length now and decode on first use of the pixels (a damaged file
+        then fails there, with the same one-line error)."""
+        if lazy:
+            fmt, width, height = probe_image(data, where)
+            check_encoded_size(data, fmt, width, height, where)
+            return cls(data, None, _FORMAT_EXT.get(fmt, ".png"), source_name, size=(width, height))
+        fmt = probe_image(data, where)[0]
         rgba = decode_image(data, where)
-        fmt = Image.open(io.BytesIO(data)).format or "PNG"
         return cls(data, rgba, _FORMAT_EXT.get(fmt, ".png"), source_name)
+
+    @property
+    def decoded(self) -> bool:
+        """Whether the pixels are held in memory now."""
+        return self._rgba is not None
+
+    @property
+    def nbytes(self) -> int:
+        """Memory this image can hold: its encoded bytes plus its decoded RGBA pixels."""
+        w, h = self.size
+        return len(self._data or b"") + 4 * w * h
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], where: str | None = None) -> LayerImage:
         """Read and decode an image file; a missing or unreadable file is a one-line error."""
         path = Path(path)
         where = where or str(path)
-        try:
-            size = path.stat().st_size
-            if size > MAX_IMAGE_BYTES:
-                raise CanvasError(
-                    f"{where}: file is {size / 2**20:.0f} MiB, above the {MAX_IMAGE_BYTES >> 20} MiB limit"
-                )
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise CanvasError(f"{where}: file not found") from None
-        except IsADirectoryError:
-            raise CanvasError(f"{where}: is a directory, not an image file") from None
-        except OSError as exc:
-            raise CanvasError(f"{where}: cannot read ({exc.strerror or exc})") from None
+        data = read_regular_file(path, MAX_IMAGE_BYTES, where, "an image file")
         return cls.from_bytes(data, where, source_name=path.name)
 
     @classmethod
@@ -107,20 +139,24 @@ class LayerImage:
 
     @property
     def rgba(self) -> Image.Image:
-        """The decoded pixels, straight-alpha RGBA."""
+        """The decoded pixels, straight-alpha RGBA (decoded now when the image was loaded lazily)."""
+        if self._rgba is None:
+            assert self._data is not None
+            self._rgba = decode_image(self._data, self.source_name or "image")
         return self._rgba
 
     @property
     def size(self) -> tuple[int, int]:
-        return self._rgba.size
+        assert self._size is not None
+        return self._size
 
     @property
     def digest(self) -> str:
         """SHA-256 of the decoded pixels and size: the content key of the latent cache."""
         if self._digest is None:
             h = hashlib.sha256()
-            h.update(f"{self._rgba.size}".encode())
-            h.update(self._rgba.tobytes())
+            h.update(f"{self.size}".encode())
+            h.update(self.rgba.tobytes())
             self._digest = h.hexdigest()
         return self._digest
 
@@ -366,7 +402,7 @@ def canvas_from_dict(data: Any, resolve_image: ImageResolver, where: str) -> Can
     version = data["version"]
     if isinstance(version, bool) or version != CANVAS_VERSION:
         raise CanvasError(
-            f"{where}: version: unsupported canvas version {version!r} (this build reads {CANVAS_VERSION})"
+            f"{where}: version: unsupported canvas version {_short(version)} (this build reads {CANVAS_VERSION})"
         )
     width = _require(data, "width", where)
     height = _require(data, "height", where)
@@ -375,6 +411,10 @@ def canvas_from_dict(data: Any, resolve_image: ImageResolver, where: str) -> Can
     prompt = data.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise CanvasError(f"{where}: prompt: must be a string or null")
+    if prompt is not None:
+        if len(prompt) > MAX_PROMPT_LENGTH:
+            raise CanvasError(f"{where}: prompt: {len(prompt)} characters, above the limit of {MAX_PROMPT_LENGTH}")
+        check_text(prompt, f"{where}: prompt")
     meta = _meta(data, where)
     raw_layers = data.get("layers", [])
     if not isinstance(raw_layers, list):
@@ -402,12 +442,18 @@ def _layer_spec(raw: Any, at: str) -> dict[str, Any]:
     image = _require(raw, "image", at)
     if not isinstance(image, str) or not image:
         raise CanvasError(f"{at}.image: must be a non-empty relative path string")
+    if len(image) > 4096:
+        raise CanvasError(f"{at}.image: path longer than 4096 characters")
+    check_text(image, f"{at}.image")
     name = raw.get("name", posixpath.splitext(posixpath.basename(image))[0])
     if not isinstance(name, str) or not name.strip():
         raise CanvasError(f"{at}.name: must be a non-empty string")
+    if len(name) > MAX_NAME_LENGTH:
+        raise CanvasError(f"{at}.name: longer than {MAX_NAME_LENGTH} characters")
+    check_text(name, f"{at}.name")
     kind = raw.get("kind", "subject")
     if kind not in _KINDS:
-        raise CanvasError(f"{at}.kind: must be one of {list(_KINDS)}, got {kind!r}")
+        raise CanvasError(f"{at}.kind: must be one of {list(_KINDS)}, got {_short(kind)}")
     spec: dict[str, Any] = {"name": name, "image": image, "kind": kind, "meta": _meta(raw, at)}
     for key, default in (("x", 0), ("y", 0), ("scale", 1), ("rotation", 0)):
         value = raw.get(key, default)
@@ -418,7 +464,7 @@ def _layer_spec(raw: Any, at: str) -> dict[str, Any]:
     for key, default in (("locked", False), ("visible", True)):
         value = raw.get(key, default)
         if not isinstance(value, bool):
-            raise CanvasError(f"{at}.{key}: must be true or false, got {value!r}")
+            raise CanvasError(f"{at}.{key}: must be true or false, got {_short(value)}")
         spec[key] = value
     return spec
 
@@ -433,21 +479,80 @@ def _meta(data: dict[str, Any], where: str) -> dict[str, Any]:
     meta = data.get("meta", {})
     if not isinstance(meta, dict):
         raise CanvasError(f"{where}: meta: must be a JSON object")
+    check_json_value(meta, f"{where}: meta", MAX_META_BYTES)
     return meta
+
+
+def check_text(text: str, where: str) -> None:
+    """Refuse a string that is not valid Unicode text (a lone surrogate such as "\\udcff" from JSON)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CanvasError(f"{where}: not valid Unicode text (a lone surrogate)") from None
+
+
+def check_json_value(value: Any, where: str, max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Refuse a JSON value nested deeper than `max_depth`, longer than `max_bytes` as compact JSON, or holding
+    numbers beyond float range, non-finite floats or lone surrogates (checked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    size = 0
+    while stack:
+        item, depth = stack.pop()
+        if depth > max_depth:
+            raise CanvasError(f"{where}: nested deeper than {max_depth} levels")
+        if isinstance(item, dict):
+            size += 2
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise CanvasError(f"{where}: keys must be strings")
+                check_text(key, f"{where}: key")
+                size += len(key) + 4
+                stack.append((child, depth + 1))
+        elif isinstance(item, list):
+            size += 2
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            check_text(item, where)
+            size += len(item) + 3
+        elif isinstance(item, bool) or item is None:
+            size += 5
+        elif isinstance(item, int):
+            if abs(item) > MAX_NUMBER:
+                raise CanvasError(f"{where}: number beyond the limit of {MAX_NUMBER:g}")
+            size += 16
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise CanvasError(f"{where}: numbers must be finite")
+            size += 16
+        else:
+            raise CanvasError(f"{where}: not a JSON value ({type(item).__name__})")
+        if size > max_bytes:
+            raise CanvasError(f"{where}: larger than the limit of {max_bytes >> 10} KiB")
 
 
 def _check_side(value: Any, where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise CanvasError(f"{where}: must be an integer number of pixels, got {value!r}")
+        raise CanvasError(f"{where}: must be an integer number of pixels, got {_short(value)}")
     if not MIN_SIDE <= value <= MAX_SIDE:
-        raise CanvasError(f"{where}: {value} is outside {MIN_SIDE}..{MAX_SIDE}")
+        raise CanvasError(f"{where}: {_short(value)} is outside {MIN_SIDE}..{MAX_SIDE}")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr of a value for an error line, cut short (a huge int or string must not fill the message)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**limit:
+        return "a huge integer"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_number(value: Any, where: str, bound: float | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CanvasError(f"{where}: must be a number, got {value!r}")
+        raise CanvasError(f"{where}: must be a number, got {_short(value)}")
+    if isinstance(value, int) and abs(value) > (bound if bound is not None else MAX_NUMBER):
+        # An int may be beyond float range (10**400): compare it as an int, never convert it.
+        raise CanvasError(f"{where}: beyond the limit of {bound if bound is not None else MAX_NUMBER:g}")
     if not math.isfinite(value):
-        raise CanvasError(f"{where}: must be finite, got {value!r}")
+        raise CanvasError(f"{where}: must be finite, got {_short(value)}")
     if bound is not None and abs(value) > bound:
         raise CanvasError(f"{where}: {value} is beyond the limit of {bound:g}")
 
@@ -463,17 +568,15 @@ def load_canvas(path: str | os.PathLike[str]) -> Canvas:
         raise CanvasError(f"{path}: file not found")
     if path.is_dir():
         raise CanvasError(f"{path}: is a directory, not a canvas file")
-    if path.suffix.lower() == ".lcz" or zipfile.is_zipfile(path):
-        return load_bundle(path.read_bytes(), str(path))
+    raw = read_regular_file(path, MAX_BUNDLE_BYTES, str(path), "a canvas file")
+    if path.suffix.lower() == ".lcz" or raw[:2] == b"PK":
+        return load_bundle(raw, str(path))
+    if len(raw) > MAX_CANVAS_JSON_BYTES:
+        raise CanvasError(f"{path}: {len(raw) >> 20} MiB is too large for a canvas JSON file")
     try:
-        size = path.stat().st_size
-        if size > MAX_CANVAS_JSON_BYTES:
-            raise CanvasError(f"{path}: {size >> 20} MiB is too large for a canvas JSON file")
-        text = path.read_bytes().decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise CanvasError(f"{path}: not a canvas (neither UTF-8 JSON nor an .lcz bundle)") from None
-    except OSError as exc:
-        raise CanvasError(f"{path}: cannot read ({exc.strerror or exc})") from None
     data = _parse_json(text, str(path))
     base = path.parent
 
@@ -486,7 +589,24 @@ def load_canvas(path: str | os.PathLike[str]) -> Canvas:
 
 
 def load_bundle(data: bytes, where: str = "bundle") -> Canvas:
-    """Load a `.lcz` bundle from bytes: `canvas.json` at the root, images read only from inside the zip."""
+    """Load a `.lcz` bundle from bytes: `canvas.json` at the root, images read only from inside the zip.
+
+    Each member is inflated once however many layers name it, at most `MAX_BUNDLE_INFLATED_BYTES` in all, and
+    an image member no further than its header's pixel size can need. Whatever is wrong with the zip, the
+    error is a `CanvasError`."""
+    try:
+        return _load_bundle(data, where)
+    except CanvasError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, struct.error, EOFError, OSError, ValueError,
+            NotImplementedError, RuntimeError, IndexError, KeyError, TypeError, OverflowError) as exc:
+        # zipfile reports a damaged archive in many ways (RuntimeError: encrypted; NotImplementedError: an
+        # unknown compression; ValueError, IndexError, zlib.error, EOFError: damaged headers or streams).
+        raise CanvasError(f"{where}: not a valid .lcz bundle ({type(exc).__name__}: {_short(str(exc), 120)})") \
+            from None
+
+
+def _load_bundle(data: bytes, where: str) -> Canvas:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
@@ -498,18 +618,22 @@ def load_bundle(data: bytes, where: str = "bundle") -> Canvas:
         members = {info.filename: info for info in infos if not info.is_dir()}
         if "canvas.json" not in members:
             raise CanvasError(f"{where}: canvas.json missing at the root of the bundle")
-        text = _read_member(zf, members["canvas.json"], MAX_CANVAS_JSON_BYTES, f"{where}: canvas.json")
+        budget = [MAX_BUNDLE_INFLATED_BYTES]
+        text = _read_member(zf, members["canvas.json"], MAX_CANVAS_JSON_BYTES, f"{where}: canvas.json", budget)
         try:
             doc = _parse_json(text.decode("utf-8"), f"{where}: canvas.json")
         except UnicodeDecodeError:
             raise CanvasError(f"{where}: canvas.json: not UTF-8 text") from None
+        images: dict[str, LayerImage] = {}
 
         def resolve(ref: str, at: str) -> LayerImage:
             name = _safe_member_name(ref, at)
             if name not in members:
                 raise CanvasError(f"{at}: not found in the bundle")
-            blob = _read_member(zf, members[name], MAX_IMAGE_BYTES, at)
-            return LayerImage.from_bytes(blob, at, source_name=posixpath.basename(name))
+            if name not in images:  # inflated and decoded once, shared by every layer that names it
+                blob = _read_image_member(zf, members[name], at, budget)
+                images[name] = LayerImage.from_bytes(blob, at, source_name=posixpath.basename(name))
+            return images[name]
 
         return canvas_from_dict(doc, resolve, f"{where}: canvas.json")
 
@@ -524,17 +648,57 @@ def _safe_member_name(ref: str, where: str) -> str:
     return norm
 
 
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, where: str) -> bytes:
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, where: str,
+                 budget: list[int] | None = None) -> bytes:
+    """A member's bytes, inflating no more than `limit` (nor what is left of `budget[0]`, which is spent)."""
     if info.file_size > limit:
         raise CanvasError(f"{where}: {info.file_size >> 20} MiB uncompressed, above the {limit >> 20} MiB limit")
     try:
         with zf.open(info) as fh:
-            blob = fh.read(limit + 1)  # never trust the header alone
-    except (zipfile.BadZipFile, OSError, NotImplementedError, EOFError) as exc:
-        raise CanvasError(f"{where}: cannot read from the bundle ({exc})") from None
-    if len(blob) > limit:
-        raise CanvasError(f"{where}: larger than the {limit >> 20} MiB limit")
+            blob = _read_limited(fh, limit, where, budget)
+    except (zipfile.BadZipFile, OSError, NotImplementedError, EOFError, RuntimeError, zlib.error, ValueError) as exc:
+        raise CanvasError(f"{where}: cannot read from the bundle ({type(exc).__name__}: {_short(str(exc), 120)})") \
+            from None
     return blob
+
+
+def _read_image_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, budget: list[int]) -> bytes:
+    """An image member: its header first, then no more than its pixel size can need (no appended data)."""
+    try:
+        with zf.open(info) as fh:
+            head = _read_limited(fh, HEADER_BYTES - 1, where, budget, exact=False)
+            fmt, width, height = probe_image(head, where)
+            limit = max_encoded_bytes(width, height)
+            if info.file_size > limit:
+                raise CanvasError(f"{where}: {info.file_size >> 10} KiB uncompressed is more than a "
+                                  f"{width}x{height} image can need (data appended to the picture?)")
+            rest = _read_limited(fh, limit - len(head), where, budget) if len(head) == HEADER_BYTES - 1 else b""
+    except (zipfile.BadZipFile, OSError, NotImplementedError, EOFError, RuntimeError, zlib.error, ValueError) as exc:
+        raise CanvasError(f"{where}: cannot read from the bundle ({type(exc).__name__}: {_short(str(exc), 120)})") \
+            from None
+    blob = head + rest
+    check_encoded_size(blob, fmt, width, height, where)
+    return blob
+
+
+def _read_limited(fh: Any, limit: int, where: str, budget: list[int] | None, exact: bool = True) -> bytes:
+    """Read up to `limit` bytes in 1 MiB chunks; more than `limit` (when `exact`) or than the budget is refused."""
+    chunks, total = [], 0
+    want = limit + 1 if exact else limit
+    while total < want:
+        chunk = fh.read(min(1 << 20, want - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        if budget is not None:
+            budget[0] -= len(chunk)
+            if budget[0] < 0:
+                raise CanvasError(f"{where}: the bundle inflates to more than {MAX_BUNDLE_INFLATED_BYTES >> 20} MiB")
+    if exact and total > limit:
+        raise CanvasError(f"{where}: larger than the {limit >> 20} MiB limit" if limit >= 1 << 20
+                          else f"{where}: larger than {limit} bytes")
+    return b"".join(chunks)
 
 
 def _parse_json(text: str, where: str) -> Any:
@@ -542,6 +706,45 @@ def _parse_json(text: str, where: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise CanvasError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise CanvasError(f"{where}: JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise CanvasError(f"{where}: not valid JSON ({exc})") from None
+
+
+def read_regular_file(path: Path, limit: int, where: str, what: str = "a regular file") -> bytes:
+    """The bytes of a regular file, at most `limit`: devices (/dev/zero), FIFOs and sockets are refused
+    without blocking, and a file that grows while read is cut off at the limit and refused."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise CanvasError(f"{where}: file not found") from None
+    except IsADirectoryError:
+        raise CanvasError(f"{where}: is a directory, not {what}") from None
+    except OSError as exc:
+        raise CanvasError(f"{where}: cannot read ({exc.strerror or exc})") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise CanvasError(f"{where}: is a directory, not {what}")
+        if not stat.S_ISREG(info.st_mode):
+            raise CanvasError(f"{where}: not a regular file (a device, FIFO or socket), not {what}")
+        if info.st_size > limit:
+            raise CanvasError(f"{where}: file is {info.st_size / 2**20:.0f} MiB, above the {limit >> 20} MiB limit")
+        chunks, total = [], 0
+        while total <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > limit:
+            raise CanvasError(f"{where}: file is larger than the {limit >> 20} MiB limit")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise CanvasError(f"{where}: cannot read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -641,13 +844,38 @@ def save_canvas(canvas: Canvas, path: str | os.PathLike[str]) -> Path:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to `path` through a temporary file in the same folder and an atomic rename."""
+    """Write bytes to `path` through a temporary file in the same folder and an atomic rename.
+
+    The file gets the mode an ordinary `open(path, "w")` would give it: an existing file keeps its mode, a
+    new one gets 0666 less the umask; a symlink at `path` is written through (its target is replaced), not
+    replaced by a regular file."""
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mode = 0o666 & ~current_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
             fh.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where /proc allows (os.umask would race other threads)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
