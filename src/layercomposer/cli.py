@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     wg.add_argument("--size", type=int, default=256, help="picture size in px (multiple of 16, 128..1024)")
     wg.add_argument("--split", choices=("train", "heldout"), default="train",
                     help="identities: train, or held-out (never seen in training)")
+    wg.add_argument("--pose-spread", type=float, default=1.0, metavar="S",
+                    help="how far a character's pose varies between the pictures of a scene: 0 the same pose "
+                         "(only light, place and size change), 1 a fresh pose each time (default)")
+    wg.add_argument("--heights", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="draw body heights from this range (fractions of the picture; default: 0.17-0.36, "
+                         "smaller with more characters)")
     wg.set_defaults(func=cmd_world_generate)
     we = world_sub.add_parser("examples", help="write the example canvases (held-out identities)")
     we.add_argument("--out", default="examples", help="output folder (default examples/)")
@@ -159,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--model", default=None, help="model name or directory (default: demo)")
     srv.add_argument("--outputs", default="outputs", help="folder for results and uploads (default outputs/)")
     srv.add_argument("--token", default=None, help="require this bearer token on every API call")
+    srv.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                     help="a host name the editor may be reached by besides localhost, 127.0.0.1, [::1] and the "
+                     "address it listens on (other Host headers are refused: DNS rebinding); repeatable")
+    srv.add_argument("--max-tokens", type=int, default=None,
+                     help="most tokens (noisy + condition) a job may have; larger canvases are refused "
+                     "(default 16384)")
     srv.add_argument("--queue", type=int, default=8, help="most jobs waiting at once (more get 429)")
     srv.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     srv.add_argument("--refine-model", default=None,
@@ -527,7 +539,13 @@ def cmd_world_generate(args: argparse.Namespace) -> int:
         raise LayerComposerError(f"--scenes: must be between 1 and 1000000, got {args.scenes}")
     if args.size % 16 or not 128 <= args.size <= 1024:
         raise LayerComposerError(f"--size: must be a multiple of 16 in 128..1024, got {args.size}")
-    paths = generate_dataset(args.out, args.scenes, seed=args.seed, size=args.size, split=args.split, progress=True)
+    if not 0.0 <= args.pose_spread <= 1.0:
+        raise LayerComposerError(f"--pose-spread: must be in 0..1, got {args.pose_spread}")
+    heights = tuple(args.heights) if args.heights else None
+    if heights and not 0.05 <= heights[0] <= heights[1] <= 0.8:
+        raise LayerComposerError(f"--heights: need 0.05 <= LO <= HI <= 0.8, got {heights[0]} {heights[1]}")
+    paths = generate_dataset(args.out, args.scenes, seed=args.seed, size=args.size, split=args.split, progress=True,
+                             pose_spread=args.pose_spread, heights=heights)
     print(f"wrote {len(paths)} scenes to {args.out}", file=sys.stderr)
     return 0
 
@@ -585,9 +603,13 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.token is not None and not args.token.strip():
+        raise LayerComposerError("--token: must not be empty (leave it out for no token)")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise LayerComposerError(f"--max-tokens: must be at least 1, got {args.max_tokens}")
     import uvicorn
 
-    from .server.app import ServerSettings, create_app
+    from .server.app import DEFAULT_MAX_TOKENS, ServerSettings, create_app, uvicorn_config
 
     if not 1 <= args.port <= 65535:
         raise LayerComposerError(f"--port: must be 1..65535, got {args.port}")
@@ -601,10 +623,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     refine_model = args.refine_model or ("demo-collage" if "demo-collage" in shipped_models() else None)
     settings = ServerSettings(model=model, outputs=Path(args.outputs), token=args.token, max_queue=args.queue,
-                              device=args.device, refine_model=refine_model)
+                              device=args.device, refine_model=refine_model, allowed_hosts=tuple(args.allow_host),
+                              max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS)
     print(f"layercomposer editor: http://{args.host}:{args.port}/  (model {model}, outputs {args.outputs})",
           file=sys.stderr)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    uvicorn.Server(uvicorn_config(create_app(settings), args.host, args.port)).run()
     return 0
 
 

@@ -1,9 +1,12 @@
 """The editor's HTTP server: a single-page app and a JSON API (FastAPI; OpenAPI docs at /docs).
 
-Every bad request gets a 4xx JSON ``{"error": "..."}`` naming the problem. Uploads are size-checked from
-the request headers before they are read, image pixels from the file header before decoding; images are
-addressed by content hash, bundles are read only from inside their zip, so nothing a request says can make
-the server read or write outside its folders. Nothing sent by a user is ever unpickled.
+Every bad request gets a 4xx JSON ``{"error": "..."}`` naming the problem. Before any route runs, `guard.py`
+refuses a foreign `Host` (DNS rebinding) and cross-origin requests, checks the token, and bounds the body as it
+streams in. Image pixels are size-checked from the file header before decoding; images are addressed by
+content hash, bundles are read only from inside their zip, so nothing a request says can make the server read
+or write outside its folders. Nothing sent by a user is ever unpickled. What the server keeps in memory is
+bounded: decoded images by bytes (`ImageStore`), token plans by entries of grid-resolution masks, finished
+jobs by a window (the rest are on disk).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import io
 import json
 import re
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,22 +28,36 @@ from fastapi import Depends, FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..canvas import Canvas, LayerImage, canvas_from_dict, canvas_to_dict, load_bundle, save_bundle_bytes
+from ..canvas import (
+    Canvas,
+    LayerImage,
+    canvas_from_dict,
+    canvas_to_dict,
+    load_bundle,
+    save_bundle_bytes,
+)
 from ..conditioning import ConditioningBuilder
 from ..errors import LayerComposerError
 from ..models.registry import token_rules
 from .cutouts import CutoutFailed, cut_out
-from .jobs import JOB_ID_PATTERN, JobManager, JobSettings, QueueFull
-from .store import ImageStore
+from .guard import BodyTooLarge, Guard
+from .jobs import JobManager, JobSettings, QueueFull
+from .store import DEFAULT_CACHE_BYTES, ImageStore
 
 STATIC = Path(__file__).resolve().parent / "static"
 LIBRARY_SIZE = 24
 CUTOUT_QUEUE = 4
 """Cut-outs waiting or running at once; more get 429 (each takes about a second of CPU)."""
 CUTOUT_CACHE = 64
+DEFAULT_MAX_TOKENS = 16384
+"""Most tokens (noisy + condition) a job may have: about 1024x1024 px with a few layers. The documented
+largest canvas, 4096x4096, is 65536 noisy tokens alone, hours per picture on a CPU."""
+MAX_JSON_BODY_DEPTH = 64
 
 
 @dataclass
@@ -54,6 +71,30 @@ class ServerSettings:
     device: str | None = None
     refine_model: str | None = None
     """Model of the refine mode (a FLUX.1 Kontext folder / hub id, or demo-collage); None: no refine mode."""
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    """Most tokens (noisy + condition, in the job's mode) a job may have; larger canvases get 413."""
+    image_cache_bytes: int = DEFAULT_CACHE_BYTES
+    """Memory for uploaded images (encoded + decoded), least recently used dropped first."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names besides localhost, 127.0.0.1, [::1] and the served address that requests may name."""
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: a string that is not valid Unicode can never make the
+    encoding of an answer fail (inputs refuse them; this is the net under that)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+class TokenPlanner(ConditioningBuilder):
+    """The token counter of /api/tokens and of the job size check: it keeps, per layer, only the kept-cell mask
+    at grid resolution (never the full-canvas render), for at most `max_entries` layers."""
+
+    def _entry(self, key: tuple[Any, ...], render: Callable[[], Any]) -> Any:
+        entry = super()._entry(key, render)
+        entry.image = None  # nothing here encodes; the render was needed only for its mask
+        return entry
 
 
 class ApiError(Exception):
@@ -78,13 +119,15 @@ def _refine_backend(model: str) -> str:
 
 
 def authorised(request: Request) -> None:
-    """The optional bearer token: `Authorization: Bearer ...`, or `?token=...` (EventSource sends no headers)."""
+    """The optional bearer token: `Authorization: Bearer ...`, or `?token=...` (EventSource sends no headers).
+
+    `Guard` checks it before the body is read; this repeats the check for routes built without the guard."""
     token = request.app.state.settings.token
-    if not token:
+    if token is None:
         return
     header = request.headers.get("authorization", "")
     given = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("token", "")
-    if not hmac.compare_digest(given.encode(), token.encode()):
+    if not hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8", "replace")):
         raise ApiError(401, "missing or wrong bearer token")
 
 
@@ -104,6 +147,16 @@ class SettingsIn(BaseModel):
     """Hold the cells that show locked layers only to their latents (model modes; ignored by refine)."""
     strength: float = Field(default=1.0, gt=0.0, le=1.0)
     """Image-to-image from the flattened canvas: the share of the steps run (model modes; 1 = from noise)."""
+
+    @field_validator("prompt", "instruction")
+    @classmethod
+    def _valid_text(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("not valid Unicode text (a lone surrogate)") from None
+        return value
 
 
 class CanvasJobIn(BaseModel):
@@ -145,6 +198,8 @@ class CutoutOut(BaseModel):
 
 def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
     """The FastAPI application; `load_pipeline` (for tests) replaces loading `settings.model`."""
+    if settings.token is not None and not settings.token:
+        raise LayerComposerError("token: must not be empty (leave it out for no token)")
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -152,10 +207,13 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
         cutout_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="layercomposer editor", version=__version__, lifespan=lifespan,
+                  default_response_class=SafeJSONResponse,
                   description="Compose a layered canvas and render it. Images are uploaded once "
                   "(POST /api/images) and referred to by id in canvas JSON.")
+    app.add_middleware(Guard, token=settings.token, max_body=settings.max_upload_bytes,
+                       allowed_hosts=settings.allowed_hosts)
     outputs = settings.outputs
-    store = ImageStore(outputs / "uploads")
+    store = ImageStore(outputs / "uploads", settings.image_cache_bytes)
 
     def default_loader() -> Any:
         import torch
@@ -176,7 +234,7 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
     jobs = JobManager(load_pipeline or default_loader, outputs, settings.max_queue, settings.preview_every,
                       load_refine=refine_loader if settings.refine_model else None)
     # The token budget counts as the server's model sees the canvas (merged locked layers, pruning rule).
-    planner = ConditioningBuilder(max_entries=256, rules=token_rules(settings.model))
+    planner = TokenPlanner(max_entries=256, rules=token_rules(settings.model))
     planner_lock = threading.Lock()
     library_cache: dict[str, bytes] = {}
     # One worker of its own: cut-outs never wait for (or hold up) the generation worker, and run one at a time
@@ -187,32 +245,41 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
     app.state.jobs = jobs
     app.state.settings = settings
     app.state.store = store
+    app.state.planner = planner
 
     # -- errors --------------------------------------------------------------------------------------------
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return SafeJSONResponse({"error": exc.message}, status_code=exc.status)
 
     @app.exception_handler(QueueFull)
     async def _queue_full(request: Request, exc: QueueFull) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=429, headers={"Retry-After": "5"})
+        return SafeJSONResponse({"error": str(exc)}, status_code=429, headers={"Retry-After": "5"})
 
     @app.exception_handler(LayerComposerError)
     async def _bad_input(request: Request, exc: LayerComposerError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        return SafeJSONResponse({"error": str(exc)}, status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": _first_error(exc.errors())}, status_code=422)
+        return SafeJSONResponse({"error": _first_error(exc.errors())}, status_code=422)
 
-    @app.middleware("http")
-    async def _limit_size(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_upload_bytes):
-            return JSONResponse({"error": f"request body larger than {settings.max_upload_bytes >> 20} MiB"},
-                                status_code=413)
-        return await call_next(request)
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return SafeJSONResponse({"error": str(exc)}, status_code=413)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """FastAPI's and Starlette's own errors (unknown route, wrong method, an unreadable body) in our shape."""
+        if isinstance(exc.__cause__, BodyTooLarge):
+            return SafeJSONResponse({"error": str(exc.__cause__)}, status_code=413)
+        if exc.status_code in (204, 304):
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail, ensure_ascii=True)
+        if isinstance(exc.__cause__, RecursionError):
+            message = "request: JSON nested too deeply"
+        return SafeJSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
     # -- helpers -------------------------------------------------------------------------------------------
 
@@ -220,11 +287,24 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
         return canvas_from_dict(doc, lambda ref, where: store.get(ref, where), "canvas")
 
     def canvas_json(canvas: Canvas) -> dict[str, Any]:
-        refs = []
+        refs: list[str] = []
+        stored: dict[int, str] = {}  # a bundle's layers share one image per member: store each once
         for layer in canvas.layers:
-            image_id, _ = store.put(layer.image.data, f"layer {layer.name!r}")
-            refs.append(image_id)
+            if id(layer.image) not in stored:
+                stored[id(layer.image)] = store.put_image(layer.image)[0]
+            refs.append(stored[id(layer.image)])
         return canvas_to_dict(canvas, refs)
+
+    def check_size(canvas: Canvas, mode: str) -> None:
+        """Refuse (413) a job whose token count is beyond `settings.max_tokens`, before it is queued."""
+        plan_mode = "collage" if mode == "refine" else mode
+        with planner_lock:
+            plan = planner.plan(canvas, plan_mode)  # type: ignore[arg-type]
+        total = plan.total + plan.noisy
+        if total > settings.max_tokens:
+            raise ApiError(413, f"canvas: {total} tokens ({plan.noisy} noisy + {plan.total} condition, "
+                           f"{mode}) is above this server's limit of {settings.max_tokens} (--max-tokens); "
+                           "make the canvas smaller or hide layers")
 
     async def read_upload(upload: UploadFile, what: str) -> bytes:
         data = await upload.read(settings.max_upload_bytes + 1)
@@ -233,11 +313,9 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
         return data
 
     def job_or_404(job_id: str) -> Any:
-        if not re.match(JOB_ID_PATTERN, job_id):
-            raise ApiError(404, f"no job {job_id!r}")
         job = jobs.get(job_id)
         if job is None:
-            raise ApiError(404, f"no job {job_id!r}")
+            raise ApiError(404, f"no job {job_id[:40]!r}")
         return job
 
     # -- pages ---------------------------------------------------------------------------------------------
@@ -349,6 +427,8 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
                 body = CanvasJobIn.model_validate(await request.json())
             except ValidationError as exc:
                 raise ApiError(422, _first_error(exc.errors())) from None
+            except RecursionError:
+                raise ApiError(400, "request: JSON nested too deeply") from None
             except ValueError:
                 raise ApiError(400, "request: body is not valid JSON") from None
             canvas, job_settings = canvas_from_json(body.canvas), body.settings
@@ -358,6 +438,7 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
             raise ApiError(415, "send JSON or multipart/form-data")
         if job_settings.mode == "refine" and not settings.refine_model:
             raise ApiError(400, "settings.mode: this server has no refine model (start it with --refine-model)")
+        await run_in_threadpool(check_size, canvas, job_settings.mode)
         job = jobs.submit(canvas, JobSettings(**job_settings.model_dump()))
         return job.summary() | {"position": jobs.queued()}
 
@@ -369,7 +450,7 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
                                                      else {})
         except ValidationError as exc:
             raise ApiError(422, "settings." + _first_error(exc.errors())) from None
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ApiError(400, "settings: not valid JSON") from None
         upload = form.get("bundle")
         if upload is not None and not isinstance(upload, str):
@@ -381,6 +462,8 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
             parsed = json.loads(doc)
         except json.JSONDecodeError as exc:
             raise ApiError(400, f"canvas: not valid JSON ({exc.msg})") from None
+        except (ValueError, RecursionError):
+            raise ApiError(400, "canvas: not valid JSON (nested too deeply, or a number too long)") from None
         files = {}
         for item in form.getlist("files"):
             if isinstance(item, str):
@@ -413,15 +496,17 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
         """Server-sent events: queued, started, step (with a preview every few steps), done | failed | cancelled."""
         job_or_404(job_id)
         last = request.headers.get("last-event-id", "")
-        since = int(last) + 1 if last.isdigit() else 0
+        since = int(last) + 1 if last.isdigit() and len(last) < 12 else 0
 
-        def stream() -> Any:
+        async def stream() -> AsyncIterator[str]:
+            # Async: an open stream holds no worker thread, and it ends when the server shuts down.
             yield "retry: 1000\n\n"
-            for event in jobs.events(job_id, since):
-                if event is None:
+            async for item in jobs.stream(job_id, since):
+                if item is None:
                     yield ": keep-alive\n\n"
                     continue
-                yield f"id: {event['id']}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
+                number, event = item
+                yield f"id: {number}\nevent: {event['type']}\ndata: {json.dumps(event, ensure_ascii=True)}\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -462,7 +547,7 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
     def library_sprite(_: Auth, sprite: str) -> Response:
         from ..world import index_from_id, is_held_out, render_sprite
 
-        if not re.match(r"^c\d{5}$", sprite) or not is_held_out(index_from_id(sprite)):
+        if not re.fullmatch(r"c\d{5}", sprite, flags=re.ASCII) or not is_held_out(index_from_id(sprite)):
             raise ApiError(404, f"no library sprite {sprite!r}")
         if sprite not in library_cache:
             from ..world import identity_from_index
@@ -474,3 +559,16 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
                         headers={"Cache-Control": "max-age=86400"})
 
     return app
+
+
+SHUTDOWN_GRACE_S = 1.0
+"""On SIGTERM / Ctrl+C, how long open responses (event streams) may run on before they are cut."""
+
+
+def uvicorn_config(app: FastAPI, host: str, port: int) -> Any:
+    """The uvicorn configuration `layercomposer serve` runs: open event streams never hold up a shutdown
+    for longer than `SHUTDOWN_GRACE_S` (the whole stop takes well under 3 s)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning",
+                          timeout_graceful_shutdown=SHUTDOWN_GRACE_S, timeout_keep_alive=5)

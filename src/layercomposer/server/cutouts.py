@@ -77,7 +77,7 @@ def cut_out(store: ImageStore, image_id: str, mode: Literal["person", "box"],
     from ..photo import INSTALL_HINT, PhotoError
 
     started = time.perf_counter()
-    if not IMAGE_ID.match(image_id) or not store.path(image_id).is_file():
+    if not IMAGE_ID.fullmatch(image_id) or not store.path(image_id).is_file():
         raise KeyError(image_id)
     source = store.get(image_id, f"image {image_id}")
     rgba = source.rgba

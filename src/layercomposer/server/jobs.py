@@ -1,20 +1,29 @@
 """Generation jobs for the editor: one worker runs them in order from a bounded queue.
 
 A job's result (picture, canvas bundle, settings) is written to the outputs folder *before* the job is
-reported done, so a reload of the page or a restart of the server loses no finished result. Progress is
-kept as an append-only list of events per job that any number of readers stream from (server-sent events).
+reported done, so a reload of the page or a restart of the server loses no finished result. Every job has a
+record (`job.json`) from the moment it is queued: a job that a crash or SIGKILL interrupts is found on the
+next start and reported failed ("interrupted"), and half-written `.part` files are removed then.
+
+Progress is kept as an append-only list of events per job that any number of readers stream from
+(server-sent events). Memory holds the active jobs and a window of the newest `MEMORY_WINDOW` finished ones
+(of which only the newest `FULL_EVENTS_WINDOW` keep every event, the others their last); older ones are read
+back from their records on disk.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import io
 import json
-import queue
+import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +31,14 @@ from typing import Any
 from ..canvas import Canvas, save_bundle_bytes, write_atomic
 from ..errors import LayerComposerError
 
-JOB_ID_PATTERN = r"^[0-9a-f]{16}$"
+JOB_ID_PATTERN = r"[0-9a-f]{16}"
+"""A job id, whole (match it with `re.fullmatch`)."""
 TERMINAL = ("done", "failed", "cancelled")
+MEMORY_WINDOW = 200
+"""Finished jobs kept in memory (newest first); the rest are read from disk when asked for."""
+FULL_EVENTS_WINDOW = 8
+"""Finished jobs that keep every event (with previews); older ones keep only their last."""
+INTERRUPTED = "interrupted: the server stopped before this job finished"
 
 
 class QueueFull(LayerComposerError):
@@ -65,6 +80,8 @@ class Job:
     finished: float | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    first_event: int = 0
+    """Id of `events[0]`: a finished job keeps only its last event."""
     cancel: threading.Event = field(default_factory=threading.Event)
 
     def summary(self) -> dict[str, Any]:
@@ -92,11 +109,15 @@ class JobManager:
         self._refine: Any = None
         self._pipe: Any = None
         self._pipe_error: str | None = None
-        self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
-        self._jobs: dict[str, Job] = {}
+        self.max_queue = max_queue
+        self._pending: deque[Job] = deque()  # queued jobs, in order; a cancelled one leaves at once
+        self._jobs: dict[str, Job] = {}  # queued and running jobs
+        self._finished: OrderedDict[str, Job] = OrderedDict()  # the newest finished jobs, oldest first
+        self._full_events: deque[str] = deque()  # finished jobs that still hold every event
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._stop = threading.Event()
+        self._clean_partial_files()
         self._load_history()
         self._worker = threading.Thread(target=self._run, name="layercomposer-worker", daemon=True)
         self._worker.start()
@@ -116,65 +137,90 @@ class JobManager:
         return self._pipe
 
     def queued(self) -> int:
-        return self._queue.qsize()
+        """Jobs waiting (cancelled ones do not count: they leave the queue at once)."""
+        return len(self._pending)
 
     def submit(self, canvas: Canvas, settings: JobSettings) -> Job:
         job = Job(id=uuid.uuid4().hex[:16], settings=settings, canvas=canvas, created=time.time())
         with self._lock:
-            try:
-                self._queue.put_nowait(job)
-            except queue.Full:
-                raise QueueFull(f"the queue is full ({self._queue.maxsize} jobs waiting); try again later") from None
+            if len(self._pending) >= self.max_queue:
+                raise QueueFull(f"the queue is full ({self.max_queue} jobs waiting); try again later")
+            self._record(job)  # before it can run: a crash from here on leaves a record
+            self._pending.append(job)
             self._jobs[job.id] = job
-            self._emit(job, "queued", position=self._queue.qsize())
+            self._emit(job, "queued", position=len(self._pending))
         return job
 
     def get(self, job_id: str) -> Job | None:
+        """A job in memory, or a finished one read back from its record; None when there is none."""
+        if not re.fullmatch(JOB_ID_PATTERN, job_id):
+            return None
         with self._lock:
-            return self._jobs.get(job_id)
+            job = self._jobs.get(job_id) or self._finished.get(job_id)
+        return job if job is not None else self._read_record(self.jobs_dir / job_id / "job.json")
 
     def history(self) -> list[dict[str, Any]]:
-        """Every job, newest first."""
+        """The active jobs and the newest `MEMORY_WINDOW` finished ones, newest first."""
         with self._lock:
-            jobs = sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)
+            jobs = sorted([*self._jobs.values(), *self._finished.values()], key=lambda j: j.created, reverse=True)
             return [j.summary() for j in jobs]
 
     def cancel(self, job_id: str) -> Job | None:
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or job.status in TERMINAL:
-                return job
+            if job is None:
+                return self._finished.get(job_id) or self._read_record(self.jobs_dir / job_id / "job.json")
             job.cancel.set()
             if job.status == "queued":
-                # The worker skips it when it comes up; report it cancelled at once.
+                # Out of the queue at once, so its slot is free for a new job; reported cancelled now.
+                self._pending.remove(job)
                 self._finish(job, "cancelled")
             return job
 
-    def events(self, job_id: str, since: int = 0, heartbeat: float = 15.0) -> Iterator[dict[str, Any] | None]:
-        """Yield the job's events from index `since` as they come; None as a heartbeat; ends after the last."""
+    def _snapshot(self, job_id: str, index: int) -> tuple[bool, int, list[dict[str, Any]], bool]:
+        """(found, number of the first event returned, events from number `index` on, finished), under the lock."""
+        with self._lock:
+            job = self._jobs.get(job_id) or self._finished.get(job_id)
+            if job is None:
+                return False, index, [], True
+            start = max(index, job.first_event)
+            return True, start, job.events[start - job.first_event:], job.status in TERMINAL
+
+    async def stream(self, job_id: str, since: int = 0, heartbeat: float = 15.0,
+                     poll: float = 0.1) -> AsyncIterator[tuple[int, dict[str, Any]] | None]:
+        """Yield (number, event) of the job's events from number `since` as they come, None as a heartbeat,
+        and end after the last (or when the manager shuts down). Async: it polls, holding no worker thread
+        per reader. A finished job has only its last event left, numbered as it was."""
         index = since
+        quiet_since = time.monotonic()
         while not self._stop.is_set():
-            with self._changed:
-                job = self._jobs.get(job_id)
-                if job is None:
-                    return
-                if index >= len(job.events) and job.status not in TERMINAL:
-                    self._changed.wait(timeout=heartbeat)
-                pending = job.events[index:]
-                done = job.status in TERMINAL
-            if not pending and not done:
-                yield None
-            for event in pending:
-                index += 1
-                yield event
-            if done and index >= len(job.events):
+            found, start, pending, done = self._snapshot(job_id, index)
+            if not found:
+                job = self.get(job_id)
+                if job is not None and job.events and index <= job.first_event:
+                    yield job.first_event, job.events[-1]
                 return
+            for offset, event in enumerate(pending):
+                index = start + offset + 1
+                yield index - 1, event
+            if done:
+                return
+            if pending:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= heartbeat:
+                quiet_since = time.monotonic()
+                yield None
+            await asyncio.sleep(poll)
 
     def result_path(self, job_id: str) -> Path:
         return self.jobs_dir / job_id / "result.png"
 
     def bundle_path(self, job_id: str) -> Path:
         return self.jobs_dir / job_id / "canvas.lcz"
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -191,10 +237,11 @@ class JobManager:
         except Exception as exc:  # reported by /api/health and on every job
             self._pipe_error = f"{type(exc).__name__}: {exc}"
         while not self._stop.is_set():
-            try:
-                job = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
+            with self._changed:
+                if not self._pending:
+                    self._changed.wait(timeout=0.5)
+                    continue
+                job = self._pending.popleft()
             if job.cancel.is_set():
                 continue
             self._execute(job)
@@ -247,9 +294,7 @@ class JobManager:
             with self._lock:
                 job.stats = stats
                 job.finished = time.time()
-                # Written before the job is reported done: a restart finds it.
-                write_atomic(folder / "job.json", json.dumps(job.summary() | {"status": "done"}).encode())
-                self._finish(job, "done")
+                self._finish(job, "done")  # its record is written before anyone hears it is done
         except Cancelled:
             with self._lock:
                 self._finish(job, "cancelled")
@@ -289,27 +334,77 @@ class JobManager:
     # -- internals (call with the lock held) ---------------------------------------------------------------
 
     def _emit(self, job: Job, kind: str, **data: Any) -> None:
-        job.events.append({"id": len(job.events), "type": kind, "job": job.id, **data})
+        # (a terminal event's data is the job's summary, whose "id" is the job id: the editor reads it)
+        job.events.append({"id": job.first_event + len(job.events), "type": kind, "job": job.id, **data})
         self._changed.notify_all()
 
     def _finish(self, job: Job, status: str) -> None:
         job.status = status
         job.finished = job.finished or time.time()
-        job.canvas = job.canvas if status != "done" else None  # the bundle on disk holds it now
+        job.canvas = None  # the bundle on disk holds a done job's canvas; nothing needs a failed one's
+        with contextlib.suppress(OSError):  # a full disk must not keep the job from finishing
+            self._record(job)
         self._emit(job, status, **job.summary())
+        # The job moves to the bounded window; the newest few keep every event (a reader that comes late
+        # still sees the progress), older ones only their last (previews are what is large).
+        self._jobs.pop(job.id, None)
+        self._finished[job.id] = job
+        self._full_events.append(job.id)
+        while len(self._full_events) > FULL_EVENTS_WINDOW:
+            old = self._finished.get(self._full_events.popleft())
+            if old is not None:
+                old.first_event, old.events = old.first_event + len(old.events) - 1, old.events[-1:]
+        while len(self._finished) > MEMORY_WINDOW:
+            self._finished.popitem(last=False)
+
+    def _record(self, job: Job) -> None:
+        folder = self.jobs_dir / job.id
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(folder / "job.json", json.dumps(job.summary(), ensure_ascii=True).encode())
+
+    def _read_record(self, path: Path) -> Job | None:
+        """A finished job from its record; None when missing, damaged or not finished."""
+        try:
+            doc = json.loads(path.read_text())
+            job = Job(id=doc["id"], settings=JobSettings(**doc["settings"]), canvas=None,
+                      created=float(doc["created"]), status=doc.get("status", "done"), step=int(doc.get("step", 0)),
+                      total=int(doc.get("total", 0)), error=doc.get("error"), finished=doc.get("finished"),
+                      stats=doc.get("stats", {}))
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            return None  # a damaged record is skipped, never fatal
+        if job.status not in TERMINAL or job.id != path.parent.name:
+            return None
+        if job.status == "done" and not self.result_path(job.id).is_file():
+            return None
+        job.events.append({"id": 0, "type": job.status, "job": job.id, **job.summary()})
+        return job
+
+    def _clean_partial_files(self) -> None:
+        """Remove what an interrupted atomic write left (`.*.part`) under the outputs folder."""
+        for path in self.outputs.rglob(".*.part"):
+            try:
+                if path.is_file() and not path.is_symlink():
+                    path.unlink()
+            except OSError:
+                pass
 
     def _load_history(self) -> None:
-        for path in sorted(self.jobs_dir.glob("*/job.json")):
+        """Finished jobs into the memory window; jobs a crash interrupted are recorded as failed."""
+        jobs = []
+        for path in self.jobs_dir.glob("*/job.json"):
             try:
                 doc = json.loads(path.read_text())
-                job = Job(id=doc["id"], settings=JobSettings(**doc["settings"]), canvas=None,
-                          created=float(doc["created"]), status="done", step=doc.get("step", 0),
-                          total=doc.get("total", 0), finished=doc.get("finished"), stats=doc.get("stats", {}))
-            except (OSError, ValueError, KeyError, TypeError):
-                continue  # a damaged record is skipped, never fatal
-            if self.result_path(job.id).is_file():
-                job.events.append({"id": 0, "type": "done", "job": job.id, **job.summary()})
-                self._jobs[job.id] = job
+                if doc.get("status") in ("queued", "running") and doc.get("id") == path.parent.name:
+                    doc.update(status="failed", error=INTERRUPTED, finished=doc.get("finished") or time.time())
+                    write_atomic(path, json.dumps(doc, ensure_ascii=True).encode())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+                continue
+            job = self._read_record(path)
+            if job is not None:
+                jobs.append(job)
+        jobs.sort(key=lambda j: j.created)
+        for job in jobs[-MEMORY_WINDOW:]:
+            self._finished[job.id] = job
 
 
 def _png_data_url(image: Any, max_side: int = 256) -> str:
