@@ -28,6 +28,7 @@ from .conditioning import (
 )
 from .errors import LayerComposerError, ModelError
 from .flow import FlowSchedule, add_noise
+from .models.denoiser import denoise
 from .models.flux import FLUX_PIPELINES, FluxTextEncoder, load_flux_folder, load_loras
 from .models.registry import ModelConfig, build_random, resolve_model
 from .models.text import ClipTextEncoder, TextEmbeddings, TextEncoder
@@ -362,21 +363,14 @@ class LayerComposerPipeline:
         # Noise is drawn on the CPU in float32, so a seed means the same noise on any device.
         noise = torch.randn((1, n_noisy, self.transformer.config.in_channels), generator=generator)
         noise = noise.to(device, dtype)
-        ids = torch.cat([torch.from_numpy(grid_ids(rows, cols, 0)), cond.ids]).to(device, torch.float32)
-        seq = emb.sequence.to(device, dtype)
-        txt_ids = torch.zeros((seq.shape[1], 3), device=device, dtype=torch.float32)
-        pooled = emb.pooled.to(device, dtype)
+        ids = torch.cat([torch.from_numpy(grid_ids(rows, cols, 0)), cond.ids])
         cond_tokens = cond.tokens.to(device, dtype) if cond.tokens is not None else None
         batch = 2 if true_cfg else 1
         guidance_t = torch.full((1,), guidance, device=device, dtype=torch.float32) if embedded_guidance else None
 
         def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
-            hidden = x if cond_tokens is None else torch.cat([x, cond_tokens], dim=1)  # (1, N + M, 4C)
-            out = self.transformer(
-                hidden_states=hidden.expand(batch, -1, -1), encoder_hidden_states=seq, pooled_projections=pooled,
-                timestep=torch.full((batch,), sigma, device=device, dtype=dtype), img_ids=ids, txt_ids=txt_ids,
-                guidance=guidance_t, return_dict=False,
-            )[0][:, :n_noisy]  # condition tokens' outputs are discarded
+            out = denoise(self.transformer, x.expand(batch, -1, -1), cond_tokens, ids, emb,
+                          torch.full((batch,), sigma), guidance_t)
             if true_cfg:
                 v_cond, v_uncond = out.chunk(2)
                 return v_uncond + guidance * (v_cond - v_uncond)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..conditioning import ConditioningBuilder, Mode, TokenRules, grid_ids
 from ..flow import add_noise, velocity_target
-from ..models.attention import sample_rotary
+from ..models.denoiser import denoise, unwrap
 from ..models.text import TextEmbeddings
 from .sampling import TrainingSample
 
@@ -193,23 +193,9 @@ def predict_velocity(
     t: torch.Tensor,
     guidance: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Velocity at the noisy tokens (B, N, D) for a padded batch (needs PaddedBatchAttnProcessor)."""
-    b, n = x_t.shape[:2]
-    seq = text.sequence
-    txt_ids = torch.zeros((seq.shape[1], 3), device=x_t.device)
-    full_ids = torch.cat([txt_ids[None].expand(b, -1, -1), batch.ids.to(x_t.device)], dim=1)  # (B, L + S, 3)
-    rope = sample_rotary(_unwrap(transformer), full_ids)
-    kwargs: dict = {"sample_rotary_emb": rope}
-    if batch.key_mask is not None:
-        text_keys = torch.ones((b, seq.shape[1]), dtype=torch.bool, device=x_t.device)
-        kwargs["attention_mask"] = torch.cat([text_keys, batch.key_mask.to(x_t.device)], dim=1)[:, None, None, :]
-    hidden = torch.cat([x_t, batch.cond.to(x_t.dtype)], dim=1)  # (B, N + M_max, D)
-    out = transformer(
-        hidden_states=hidden, encoder_hidden_states=seq, pooled_projections=text.pooled, timestep=t.to(x_t.dtype),
-        img_ids=batch.ids[0].to(x_t.device), txt_ids=txt_ids, guidance=guidance, joint_attention_kwargs=kwargs,
-        return_dict=False,
-    )[0]
-    return out[:, :n]
+    """Velocity at the noisy tokens (B, N, D) for a padded batch (needs PaddedBatchAttnProcessor): the same
+    `models.denoiser.denoise` call that sampling makes, with per-sample ids."""
+    return denoise(transformer, x_t, batch.cond, batch.ids, text, t, guidance, batch.key_mask)
 
 
 def flow_loss(
@@ -240,13 +226,6 @@ def flow_loss(
 def guidance_vector(transformer: torch.nn.Module, batch_size: int, value: float = 1.0,
                     device: torch.device | str = "cpu") -> torch.Tensor | None:
     """The guidance-embedding input for models that have one (FLUX dev / Kontext), else None."""
-    if not _unwrap(transformer).config.guidance_embeds:
+    if not unwrap(transformer).config.guidance_embeds:
         return None
     return torch.full((batch_size,), float(value), device=device)
-
-
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The model inside DDP / compile wrappers (for its pos_embed)."""
-    while hasattr(module, "module"):
-        module = module.module
-    return getattr(module, "_orig_mod", module)
