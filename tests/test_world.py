@@ -232,3 +232,32 @@ def test_render_sprite():
 def test_world_does_not_import_torch():
     code = "import sys, layercomposer.world as w; w.generate_scene(0, size=128); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_pose_spread_keeps_a_characters_pose_across_pictures_and_defaults_to_the_old_scenes():
+    from layercomposer.world import generate_scene
+
+    old, default = generate_scene(11, seed=2, size=128), generate_scene(11, seed=2, size=128, pose_spread=1.0)
+    assert all(np.array_equal(np.asarray(a.picture), np.asarray(b.picture))
+               for a, b in zip(old.images, default.images, strict=True))
+    same = generate_scene(11, seed=2, size=128, pose_spread=0.0)
+    near = generate_scene(11, seed=2, size=128, pose_spread=0.2)
+    for subject in same.subjects:
+        poses = [im.placements[subject].pose for im in same.images]
+        assert all(p == poses[0] for p in poses)  # only light, place and size change
+        rotations = [im.placements[subject].pose.rotation for im in near.images]
+        assert max(rotations) - min(rotations) <= 0.2 * 50 + 1e-9  # a fifth of the +-25 degree range
+    spread = [im.placements[s].pose.rotation for im in old.images for s in old.subjects]
+    assert max(spread) - min(spread) > 10  # the default really re-poses
+
+
+def test_heights_option_draws_body_heights_from_its_range():
+    from layercomposer.world import generate_scene
+
+    for k in range(6):
+        scene = generate_scene(k, seed=4, size=128, heights=(0.45, 0.6))
+        for im in scene.images:
+            for p in im.placements.values():
+                # shrunk only to keep the head inside the frame; never above the range's top by more than 10%
+                assert p.height <= 0.6 * 1.2 * 1.1 + 1e-9
+        assert max(p.height for im in scene.images for p in im.placements.values()) >= 0.4

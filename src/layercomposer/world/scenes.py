@@ -142,9 +142,14 @@ def _place_one(
     horizon: float,
     near: Placement | None,
     near_identity: Identity | None,
+    base_pose: Pose | None = None,
+    pose_spread: float = 1.0,
 ) -> Placement:
-    """Draw a pose and a spot on the ground, optionally right beside another character (to overlap it)."""
+    """Draw a pose and a spot on the ground, optionally right beside another character (to overlap it).
+    With `base_pose`, the pose is `blend_pose(base_pose, a fresh draw, pose_spread)`."""
     pose = sample_pose(rng)
+    if base_pose is not None:
+        pose = blend_pose(base_pose, pose, pose_spread, rng)
     s = pose.stretch
     lo_foot = min(0.9, horizon + 0.14)
     if near is not None and near_identity is not None:
@@ -167,8 +172,35 @@ def _place_one(
     return Placement(identity.id, pose, (cx, cy), h)
 
 
+def blend_pose(base: Pose, fresh: Pose, spread: float, rng: np.random.Generator) -> Pose:
+    """A pose `spread` of the way from `base` to `fresh`: numbers interpolated, expression and arm kind taken
+    from `fresh` with chance `spread` (0: the base pose itself; 1: the fresh one)."""
+    if spread >= 1.0:
+        return fresh
+    swap = rng.random(2) < spread
+    arms_from = fresh if swap[1] else base
+
+    def mix(a: float, b: float) -> float:
+        return float(a + spread * (b - a))
+
+    def arm(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+        return (mix(a[0], b[0]), mix(a[1], b[1]))
+
+    return Pose(
+        expression=fresh.expression if swap[0] else base.expression,
+        arms=arms_from.arms,
+        left_arm=arm(base.left_arm, fresh.left_arm) if not swap[1] else fresh.left_arm,
+        right_arm=arm(base.right_arm, fresh.right_arm) if not swap[1] else fresh.right_arm,
+        stretch=mix(base.stretch, fresh.stretch),
+        feet_spread=mix(base.feet_spread, fresh.feet_spread),
+        gaze=arm(base.gaze, fresh.gaze),
+        rotation=mix(base.rotation, fresh.rotation),
+    )
+
+
 def _place_all(
-    rng: np.random.Generator, identities: list[Identity], bases: list[float], horizon: float
+    rng: np.random.Generator, identities: list[Identity], bases: list[float], horizon: float,
+    base_poses: list[Pose] | None = None, pose_spread: float = 1.0,
 ) -> list[Placement]:
     """Place every character of one image; some placements are made to overlap, none hides another."""
     n = len(identities)
@@ -182,7 +214,8 @@ def _place_all(
         for i in order:
             near = out[pair[0]] if pair is not None and i == pair[1] else None
             near_id = identities[pair[0]] if near is not None else None
-            out[i] = _place_one(rng, identities[i], bases[i], horizon, near, near_id)
+            out[i] = _place_one(rng, identities[i], bases[i], horizon, near, near_id,
+                                None if base_poses is None else base_poses[i], pose_spread)
         placed = [p for p in out if p is not None]
         boxes = [_box(p, idt) for p, idt in zip(placed, identities, strict=True)]
         if all(_cover(boxes[i], boxes[j]) <= MAX_OCCLUSION for i in range(n) for j in range(i + 1, n)):
@@ -190,8 +223,16 @@ def _place_all(
     return placed
 
 
-def generate_scene(scene_index: int, seed: int = 0, size: int = 256, split: str = "train") -> Scene:
-    """Generate one scene in memory, deterministically from (seed, scene_index, split) at `size` px."""
+def generate_scene(scene_index: int, seed: int = 0, size: int = 256, split: str = "train",
+                   pose_spread: float = 1.0, heights: tuple[float, float] | None = None) -> Scene:
+    """Generate one scene in memory, deterministically from (seed, scene_index, split) at `size` px.
+
+    `pose_spread` < 1 gives each character one pose per scene that every picture varies by that share
+    (`blend_pose`): the pictures differ mostly in light, place and size. `heights` draws body heights from
+    that range (fractions of the picture) instead of `BODY_HEIGHT`'s, which shrink as characters are added.
+    The defaults make the scenes they always made (same seeds, same pictures)."""
+    if not 0.0 <= pose_spread <= 1.0:
+        raise ValueError(f"pose_spread {pose_spread} outside 0..1")
     # All random draws are resolution-free, so the same scene can be made at 128 px and at 512 px.
     size = check_size(size)
     pool = split_indices(split)
@@ -202,13 +243,15 @@ def generate_scene(scene_index: int, seed: int = 0, size: int = 256, split: str 
     background = str(rng.choice(BACKGROUNDS))
     layout = make_layout(background, rng)
     lightings = [LIGHTING_NAMES[k] for k in rng.permutation(len(LIGHTING_NAMES))[:n_images]]
-    bases = [float(rng.uniform(*BODY_HEIGHT[n_chars])) for _ in identities]
+    bases = [float(rng.uniform(*(heights or BODY_HEIGHT[n_chars]))) for _ in identities]
+    # Drawn only when asked for, so the default scenes keep their random streams.
+    base_poses = [sample_pose(rng) for _ in identities] if pose_spread < 1.0 else None
 
     images = []
     for lighting_name in lightings:
         side = 1.0 if rng.random() < 0.5 else -1.0
         shift = float(rng.uniform(-0.03, 0.03))
-        placements = _place_all(rng, identities, bases, layout.horizon)
+        placements = _place_all(rng, identities, bases, layout.horizon, base_poses, pose_spread)
         images.append(_render_image(identities, placements, layout, background, lighting_name, side, shift, size))
     scene_id = f"{split}-s{seed}-{scene_index:06d}"
     return Scene(scene_id, scene_index, seed, split, size, background, identities, images, layout)
@@ -315,13 +358,16 @@ def generate_dataset(
     size: int = 256,
     split: str = "train",
     progress: bool = False,
+    pose_spread: float = 1.0,
+    heights: tuple[float, float] | None = None,
 ) -> list[Path]:
-    """Generate and write scenes 0..num_scenes-1 of (seed, split) at `size`; returns their folders."""
+    """Generate and write scenes 0..num_scenes-1 of (seed, split) at `size`; returns their folders
+    (`pose_spread`, `heights`: see `generate_scene`)."""
     size = check_size(size)
     split_indices(split)  # validate before writing anything
     paths = []
     for i in range(num_scenes):
-        paths.append(write_scene(generate_scene(i, seed, size, split), out_dir))
+        paths.append(write_scene(generate_scene(i, seed, size, split, pose_spread, heights), out_dir))
         if progress and ((i + 1) % 50 == 0 or i + 1 == num_scenes):
             print(f"sprites: {i + 1}/{num_scenes} scenes written to {out_dir}", file=sys.stderr, flush=True)
     return paths
