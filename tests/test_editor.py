@@ -343,3 +343,103 @@ def _layer_point(layer: dict, size: tuple[int, int], ix: float, iy: float) -> tu
     u, v = (ix - size[0] / 2) * s, (iy - size[1] / 2) * s
     cx, cy = layer["x"] + size[0] * s / 2, layer["y"] + size[1] * s / 2
     return cx + u * math.cos(theta) + v * math.sin(theta), cy - u * math.sin(theta) + v * math.cos(theta)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A hostile page on another origin (issue 31): a plain form post and fetches store nothing
+
+
+ATTACK_PAGE = """<!doctype html><html><body>
+<form id="f" method="post" enctype="multipart/form-data" action="{editor}/api/jobs" target="sink">
+  <input name="canvas" value='{{"version": 1, "width": 64, "height": 64, "prompt": "from a form", "layers": []}}'>
+  <input name="settings" value='{{"steps": 1}}'>
+</form>
+<form id="g" method="post" enctype="text/plain" action="{editor}/api/jobs" target="sink2">
+  <input name='{{"canvas": {{"version": 1, "width": 64, "height": 64, "layers": [], "x": "' value='"}}}}'>
+</form>
+<iframe name="sink"></iframe><iframe name="sink2"></iframe>
+<script>
+  window.results = [];
+  const png = Uint8Array.from(atob("{png}"), (c) => c.charCodeAt(0));
+  const upload = () => {{ const fd = new FormData(); fd.append("file", new Blob([png], {{type: "image/png"}}), "a.png");
+                         return fd; }};
+  const job = JSON.stringify({{canvas: {{version: 1, width: 64, height: 64, layers: []}}, settings: {{steps: 1}}}});
+  Promise.allSettled([
+    fetch("{editor}/api/images", {{method: "POST", body: upload(), mode: "no-cors"}}),
+    fetch("{editor}/api/images", {{method: "POST", body: upload()}}),
+    fetch("{editor}/api/jobs", {{method: "POST", body: job, mode: "no-cors",
+                                 headers: {{"content-type": "text/plain"}}}}),
+    fetch("{editor}/api/jobs", {{method: "POST", body: job, headers: {{"content-type": "application/json"}}}}),
+    fetch("{editor}/api/jobs", {{mode: "no-cors"}}),
+  ]).then((r) => {{ window.results = r.map((x) => x.status); document.getElementById("f").submit();
+                   document.getElementById("g").submit(); window.done = true; }});
+</script></body></html>"""
+
+
+def test_a_page_on_another_origin_stores_nothing(browser, tmp_path):
+    import base64
+    import http.server
+    import socket as socket_module
+
+    import uvicorn
+
+    from layercomposer.pipeline import LayerComposerPipeline
+    from layercomposer.server.app import ServerSettings, create_app
+
+    pipe = LayerComposerPipeline.from_pretrained("tiny-random")
+    outputs = tmp_path / "outputs"
+    app = create_app(ServerSettings(model="tiny-random", outputs=outputs), load_pipeline=lambda: pipe)
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=srv.run, daemon=True).start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    editor = f"http://127.0.0.1:{port}"
+    buf = io.BytesIO()
+    Image.new("RGBA", (8, 8), (255, 0, 0, 255)).save(buf, "PNG")
+    page_html = ATTACK_PAGE.format(editor=editor, png=base64.b64encode(buf.getvalue()).decode()).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page_html)))
+            self.end_headers()
+            self.wfile.write(page_html)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    attacker = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=attacker.serve_forever, daemon=True).start()
+    try:
+        page = browser.new_page()
+        page.goto(f"http://localhost:{attacker.server_address[1]}/attack.html")
+        page.wait_for_function("window.done === true", timeout=20_000)
+        time.sleep(1.5)  # the form posts land in their iframes
+        page.close()
+        import urllib.request
+
+        with urllib.request.urlopen(editor + "/api/jobs") as answer:  # no Origin: as curl or the CLI
+            assert json.loads(answer.read()) == []
+        assert not any((outputs / "uploads").iterdir())
+        # DNS rebinding: the editor's address under another name is refused too.
+        with socket_module.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"GET /api/jobs HTTP/1.1\r\nHost: evil.example:%d\r\nConnection: close\r\n\r\n" % port)
+            assert s.recv(4096).startswith(b"HTTP/1.1 403")
+        # The editor itself, same origin, still works in the same browser.
+        page = browser.new_page()
+        page.goto(editor + "/")
+        page.wait_for_function("window.layercomposer !== undefined")
+        status = page.evaluate("""async (data) => { const fd = new FormData();
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            fd.append("file", new Blob([bytes], {type: "image/png"}), "a.png");
+            return (await fetch("/api/images", {method: "POST", body: fd})).status; }""",
+                               base64.b64encode(buf.getvalue()).decode())
+        assert status == 200
+        page.close()
+    finally:
+        attacker.shutdown()
+        srv.should_exit = True
