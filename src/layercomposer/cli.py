@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,33 @@ from .errors import LayerComposerError
 
 EXIT_BAD_INPUT = 2
 _IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+DEFAULT_MAX_TOKENS = 16384
+"""`generate --max-tokens` and the editor's default (the server's `DEFAULT_MAX_TOKENS`)."""
+
+REGISTERED_MODELS = ("tiny-random", "demo-base")
+"""The names of `models.registry.REGISTRY`, known here without importing it (it imports torch); a test keeps
+the two in step."""
+
+
+def check_model_name(model: str) -> None:
+    """Refuse a `--model` that names nothing, before torch, diffusers and transformers are imported (the
+    loader checks everything else about a model that does exist)."""
+    path = Path(model)
+    if path.exists() or model in REGISTERED_MODELS:
+        return
+    weights = Path(__file__).resolve().parent / "weights"
+    shipped = sorted(p.name for p in weights.iterdir() if (p / "model_index.json").is_file()) \
+        if weights.is_dir() else []
+    if model in shipped:
+        return
+    if "/" in model and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model):
+        return  # a hub id: the loader looks for it in the local cache
+    from .errors import ModelError
+
+    choices = ", ".join(sorted({*REGISTERED_MODELS, *shipped}))
+    raise ModelError(f"unknown model {model!r}: use one of {choices} or a model directory")
 
 
 def default_model() -> str:
@@ -63,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     gen.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                      help="LoRA file (diffusers/peft or kohya format), repeatable; scale defaults to 1")
+    gen.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                     help="refuse a canvas of more tokens than this (noisy + condition; default "
+                     f"{DEFAULT_MAX_TOKENS}, about 1024x1024 px): time and memory grow with it, the largest "
+                     "canvas (4096x4096) runs for hours on a CPU")
     add_memory_arguments(gen)
     gen.set_defaults(func=cmd_generate, quick_exit=True)
 
@@ -202,10 +234,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "occlusion subset's unlocked part; --scenes of them), layered against "
                     "--collage-model (and hard-locked unless --no-hard-lock), no unpruned run or lock flip; --results "
                     "writes that subset's own page")
+    es.add_argument("--identifier", default="shipped", metavar="DIR",
+                    help="weights of the identity metric (default: the package's sprites identifier; 'none' "
+                         "skips the metric); `eval identifier` trains one")
+    es.add_argument("--no-ablations", dest="ablations", action="store_false",
+                    help="skip the unpruned run, the lock flip and the copy probe (a quick proxy evaluation)")
     es.add_argument("--occlusion-subset", choices=("unlocked", "all"), default="unlocked",
                     help="with --occlusion-only: select canvases by hidden pixels of unlocked characters (default) "
                     "or of any layer (the occlusion subset RESULTS.md judges the target on)")
     es.set_defaults(func=cmd_eval_sprites)
+    ei = ev_sub.add_parser("identifier", help="train the sprites identity metric on renders (about 10 min)",
+                           description="Train the identifier that `eval sprites` uses for unlocked characters' "
+                           "identity (the sprites world's ArcFace): a small CNN over the held-out identities, "
+                           "trained only on fresh renders of them (random pose, size, light, background, "
+                           "occluder). Seeded: the same command gives the same weights.")
+    ei.add_argument("--out", required=True, help="folder for model.safetensors and config.json")
+    ei.add_argument("--seed", type=int, default=0)
+    ei.set_defaults(func=cmd_eval_identifier)
     ex = ev_sub.add_parser("examples", help="figure of the example canvases rendered by a model")
     ex.add_argument("--model", default=None, help="layered model (default: demo)")
     ex.add_argument("--collage-model", default=None, help="also render with this collage-conditioned model")
@@ -403,6 +448,8 @@ def quick_exit(code: int) -> NoReturn:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .canvas import load_canvas
 
+    model = args.model or default_model()
+    check_model_name(model)
     output = _check_output(args.output)
     canvas = load_canvas(args.canvas)  # bad input fails before the (slow) model load
     if canvas.size_note():
@@ -413,13 +460,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise LayerComposerError(f"--strength: must be in (0, 1], got {args.strength}")
     if args.strength < 1.0 and not canvas.visible_layers():
         raise LayerComposerError("--strength: below 1 needs a visible layer to start from")
+    _check_token_count(canvas, model, args.mode, args.max_tokens)
     from .models.flux import parse_lora_spec
 
     for spec in args.lora:
         parse_lora_spec(spec)  # a missing file fails before the model load
 
     t0 = time.perf_counter()
-    pipe = _load_pipeline(args.model or default_model(), args.device, args.dtype, args.offload, args.vae_tiling)
+    pipe = _load_pipeline(model, args.device, args.dtype, args.offload, args.vae_tiling)
     pipe.load_loras(args.lora)
     load_s = time.perf_counter() - t0
 
@@ -437,7 +485,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                strength=args.strength)
     finally:
         bar.close()
-    settings = {**result.settings(), "model": args.model or default_model(), "canvas": str(args.canvas)}
+    settings = {**result.settings(), "model": model, "canvas": str(args.canvas)}
     _save_image(result.image, output, metadata=settings)
     plan = result.plan
     held = "" if result.hard_locked is None else f", {result.hard_locked} latent pixels (8 px) hard-locked"
@@ -559,6 +607,7 @@ def cmd_world_examples(args: argparse.Namespace) -> int:
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
+    check_model_name(args.model or "demo-collage")
     from .canvas import load_canvas
     from .imageio import decode_image
     from .models.flux import parse_lora_spec
@@ -569,11 +618,11 @@ def cmd_refine(args: argparse.Namespace) -> int:
     if source_path.suffix.lower() in (".json", ".lcz"):
         source = load_canvas(source_path)
     else:
-        try:
-            data = source_path.read_bytes()
-        except OSError as exc:
-            raise LayerComposerError(f"{args.source}: cannot read ({exc.strerror or exc})") from None
-        source = decode_image(data, args.source)
+        from .canvas import read_regular_file
+        from .imageio import MAX_IMAGE_BYTES
+
+        source = decode_image(read_regular_file(source_path, MAX_IMAGE_BYTES, args.source, "an image file"),
+                              args.source)
     if not 1 <= args.steps <= 1000:
         raise LayerComposerError(f"--steps: must be between 1 and 1000, got {args.steps}")
     for spec in args.lora:
@@ -607,6 +656,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise LayerComposerError("--token: must not be empty (leave it out for no token)")
     if args.max_tokens is not None and args.max_tokens < 1:
         raise LayerComposerError(f"--max-tokens: must be at least 1, got {args.max_tokens}")
+    model = args.model or default_model()
+    check_model_name(model)
+    if args.refine_model:
+        check_model_name(args.refine_model)
     import uvicorn
 
     from .server.app import DEFAULT_MAX_TOKENS, ServerSettings, create_app, uvicorn_config
@@ -618,7 +671,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"layercomposer: warning: listening on {args.host}: other machines can reach this editor"
               + ("" if args.token else " and there is no --token"), file=sys.stderr)
-    model = args.model or default_model()
     from .models.registry import shipped_models
 
     refine_model = args.refine_model or ("demo-collage" if "demo-collage" in shipped_models() else None)
@@ -640,6 +692,15 @@ def cmd_eval_examples(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_identifier(args: argparse.Namespace) -> int:
+    from .eval.identity import IdentifierConfig, train_identifier
+
+    identifier = train_identifier(IdentifierConfig(seed=args.seed),
+                                  log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(f"wrote {identifier.save(args.out)}", file=sys.stderr)
+    return 0
+
+
 def cmd_eval_sprites(args: argparse.Namespace) -> int:
     from .eval.sprites import occlusion_markdown, results_markdown, run_eval, save_report
 
@@ -650,7 +711,9 @@ def cmd_eval_sprites(args: argparse.Namespace) -> int:
     report = run_eval(args.model or default_model(), args.collage_model, args.data, args.scenes, args.steps,
                       args.guidance, Path(args.figures) if args.figures else None, hard_lock=args.hard_lock,
                       strength=args.strength, occlusion_only=args.occlusion_only,
-                      occlusion_subset=args.occlusion_subset)
+                      occlusion_subset=args.occlusion_subset,
+                      identifier=None if args.identifier == "none" else args.identifier,
+                      ablations=args.ablations)
     if args.json:
         save_report(report, Path(args.json))
     if args.results:
@@ -856,6 +919,8 @@ def _load_pipeline(model: str, device: str | None, dtype: str = "auto", offload:
 
 
 def _check_output(path_str: str) -> Path:
+    """The output path, checked before any work: extension, folder, and that the folder takes a new file
+    (a read-only folder or file system is reported now, not after generating)."""
     path = Path(path_str)
     if path.suffix.lower() not in _IMAGE_FORMATS:
         raise LayerComposerError(
@@ -865,7 +930,32 @@ def _check_output(path_str: str) -> Path:
         raise LayerComposerError(f"--output {path_str}: is a directory")
     if path.parent != Path() and not path.parent.is_dir():
         raise LayerComposerError(f"--output {path_str}: folder {path.parent} does not exist")
+    folder = Path(os.path.realpath(path)).parent
+    try:  # what writing will do: a temporary file in that folder (os.access misleads root and read-only mounts)
+        fd, probe = tempfile.mkstemp(prefix=".layercomposer-probe.", suffix=".part", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise LayerComposerError(f"--output {path_str}: cannot write in {folder} ({exc.strerror or exc})") from None
     return path
+
+
+def _check_token_count(canvas: Any, model: str, mode: str, limit: int) -> None:
+    """Refuse a canvas whose token count (noisy + condition, as `model` counts) is above `limit`, in one line,
+    before the model is loaded: time and memory of sampling grow with it."""
+    if limit < 1:
+        raise LayerComposerError(f"--max-tokens: must be at least 1, got {limit}")
+    from .conditioning import ConditioningBuilder
+    from .models.registry import token_rules
+
+    plan = ConditioningBuilder(max_entries=0, rules=token_rules(model)).plan(canvas, mode)
+    total = plan.total + plan.noisy
+    if total > limit:
+        w, h = canvas.generation_size
+        raise LayerComposerError(
+            f"canvas: {total} tokens ({plan.noisy} noisy for {w}x{h} px + {plan.total} condition, {mode}) is above "
+            f"--max-tokens {limit}: it would take far too long and may not fit in memory; make the canvas smaller "
+            "or raise --max-tokens")
 
 
 def _save_image(image: Any, path: Path, metadata: dict[str, Any]) -> None:
