@@ -443,3 +443,63 @@ def test_a_page_on_another_origin_stores_nothing(browser, tmp_path):
     finally:
         attacker.shutdown()
         srv.should_exit = True
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The editor as a new user finds it (issue 31, items 24-27)
+
+
+def test_reload_shows_the_newest_result_and_a_long_seed_whole(server, browser):
+    import urllib.request
+
+    with urllib.request.urlopen(server + "/api/jobs") as answer:
+        done = [j for j in json.loads(answer.read()) if j["status"] == "done"]
+    if not done:  # this module's other tests normally leave one; make one if run alone
+        body = json.dumps({"canvas": {"version": 1, "width": 64, "height": 64, "layers": []},
+                           "settings": {"steps": 1}}).encode()
+        request = urllib.request.Request(server + "/api/jobs", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request) as answer:
+            job_id = json.loads(answer.read())["id"]
+        for _ in range(200):
+            with urllib.request.urlopen(f"{server}/api/jobs/{job_id}") as answer:
+                if json.loads(answer.read())["status"] == "done":
+                    break
+            time.sleep(0.05)
+        with urllib.request.urlopen(server + "/api/jobs") as answer:
+            done = [j for j in json.loads(answer.read()) if j["status"] == "done"]
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(server + "/")
+    page.wait_for_function("window.layercomposer !== undefined")
+    page.reload()
+    page.wait_for_function("!document.getElementById('result').hidden", timeout=10_000)
+    assert page.locator("#result").get_attribute("data-job") == done[0]["id"]
+    assert not page.locator("#download").is_hidden()
+    # A 10-digit seed is shown whole: the field is wider than the digits in its own font (plus the spinner).
+    page.locator("#random-seed").uncheck()
+    page.locator("#seed").fill("4294967295")
+    room = page.evaluate("""() => { const input = document.getElementById('seed');
+        const style = getComputedStyle(input); const ctx = document.createElement('canvas').getContext('2d');
+        ctx.font = `${style.fontSize} ${style.fontFamily}`;
+        return input.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight)
+               - ctx.measureText(input.value).width; }""")
+    assert room >= 16, f"seed field short by {16 - room:.0f} px"
+    page.close()
+
+
+def test_api_docs_render_offline(server, browser):
+    page = browser.new_page()
+    outside: list[str] = []
+
+    def only_local(route) -> None:
+        if route.request.url.startswith(server):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_local)
+    page.goto(server + "/docs")
+    page.wait_for_function("document.querySelectorAll('#routes section').length > 10", timeout=10_000)
+    assert "POST /api/jobs" in page.locator("#routes").text_content()
+    assert not outside
+    page.close()

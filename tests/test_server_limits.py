@@ -503,3 +503,30 @@ def test_signal_stops_the_server_within_3_s_while_a_stream_is_open(tmp_path, sig
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- items 26, 27: offline API docs, settings in the result PNG -------------------------------------------
+
+
+def test_api_docs_are_served_offline(client):
+    import re
+
+    page = client.get("/docs")
+    assert page.status_code == 200 and "/static/js/docs.js" in page.text
+    script = client.get("/static/js/docs.js")
+    assert script.status_code == 200
+    for text in (page.text, script.text):  # nothing loads from another host (Swagger UI's CDN did)
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
+        assert "jsdelivr" not in text and "unpkg" not in text
+    assert "/api/jobs" in client.get("/openapi.json").json()["paths"]
+
+
+def test_result_png_carries_its_settings_like_the_cli(client):
+    image_id = upload(client)["id"]
+    r = client.post("/api/jobs", json={"canvas": canvas_doc(image_id), "settings": {"seed": 4294967295, "steps": 2}})
+    job_id = r.json()["id"]
+    assert wait_done(client, job_id)["status"] == "done"
+    picture = Image.open(io.BytesIO(client.get(f"/api/jobs/{job_id}/result.png").content))
+    settings = json.loads(picture.info["layercomposer"])
+    assert settings["seed"] == 4294967295 and settings["steps"] == 2 and settings["model"] == "tiny-random"
+    assert settings["prompt"] == "a red sprite" and settings["mode"] == "layered" and settings["job"] == job_id

@@ -227,7 +227,7 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
         cutout_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="layercomposer editor", version=__version__, lifespan=lifespan,
-                  default_response_class=SafeJSONResponse,
+                  default_response_class=SafeJSONResponse, docs_url=None, redoc_url=None,
                   description="Compose a layered canvas and render it. Images are uploaded once "
                   "(POST /api/images) and referred to by id in canvas JSON.")
     app.add_middleware(Guard, token=settings.token, max_body=settings.max_upload_bytes,
@@ -252,7 +252,8 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
         return RefineEngine(settings.refine_model, _refine_backend(settings.refine_model), settings.device)
 
     jobs = JobManager(load_pipeline or default_loader, outputs, settings.max_queue, settings.preview_every,
-                      load_refine=refine_loader if settings.refine_model else None)
+                      load_refine=refine_loader if settings.refine_model else None,
+                      model_names=(settings.model, settings.refine_model))
     # The token budget counts as the server's model sees the canvas (merged locked layers, pruning rule).
     planner = TokenPlanner(max_entries=256, rules=token_rules(settings.model))
     planner_lock = threading.Lock()
@@ -343,6 +344,11 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> FileResponse:
+        """The API reference, rendered from /openapi.json by a page of our own (Swagger UI would need a CDN)."""
+        return FileResponse(STATIC / "docs.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

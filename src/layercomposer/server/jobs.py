@@ -83,6 +83,8 @@ class Job:
     first_event: int = 0
     """Id of `events[0]`: a finished job keeps only its last event."""
     cancel: threading.Event = field(default_factory=threading.Event)
+    png_settings: dict[str, Any] = field(default_factory=dict)
+    """What the result's PNG records (the CLI's `layercomposer` text chunk)."""
 
     def summary(self) -> dict[str, Any]:
         """The job as the API shows it."""
@@ -99,8 +101,11 @@ class JobManager:
     """Bounded queue, single worker thread, per-job event logs, results persisted under `outputs/jobs`."""
 
     def __init__(self, load_pipeline: Callable[[], Any], outputs: Path, max_queue: int = 8,
-                 preview_every: int = 4, load_refine: Callable[[], Any] | None = None) -> None:
+                 preview_every: int = 4, load_refine: Callable[[], Any] | None = None,
+                 model_names: tuple[str | None, str | None] = (None, None)) -> None:
         self.outputs = outputs
+        self.model_names = model_names
+        """(model, refine model) as the user named them: written into each result's PNG settings."""
         self.jobs_dir = outputs / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.preview_every = preview_every
@@ -282,14 +287,14 @@ class JobManager:
                                        guidance_scale=s.guidance, seed=s.seed, mode=s.mode, callback=progress,
                                        hard_lock=s.hard_lock, strength=s.strength)
                 image = result.image
+                job.png_settings = {**result.settings(), "model": self.model_names[0]}
                 stats = {"tokens": result.plan.total, "noisy": result.plan.noisy, "mode": result.plan.mode,
                          "hard_locked": result.hard_locked,
                          "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
             folder = self.jobs_dir / job.id
             folder.mkdir(parents=True, exist_ok=True)
-            buf = io.BytesIO()
-            image.save(buf, format="PNG")
-            write_atomic(folder / "result.png", buf.getvalue())
+            # The settings ride in the PNG's `layercomposer` text chunk, as in the CLI's pictures.
+            write_atomic(folder / "result.png", _png_with_settings(image, {**job.png_settings, "job": job.id}))
             write_atomic(folder / "canvas.lcz", save_bundle_bytes(job.canvas))
             with self._lock:
                 job.stats = stats
@@ -328,6 +333,8 @@ class JobManager:
         t0 = _time.perf_counter()
         image = self._refine(job.canvas, RefineSettings(instruction=text, steps=s.steps or 28, guidance=s.guidance,
                                                         seed=s.seed), callback=quiet)
+        job.png_settings = {"engine": "refine", "backend": self._refine.backend, "model": self.model_names[1],
+                            "instruction": text, "seed": s.seed, "steps": s.steps or 28, "guidance": s.guidance}
         return image, {"mode": "refine", "backend": self._refine.backend, "tokens": 0, "noisy": 0,
                        "seconds": {"sample": round(_time.perf_counter() - t0, 3)}}
 
@@ -405,6 +412,16 @@ class JobManager:
         jobs.sort(key=lambda j: j.created)
         for job in jobs[-MEMORY_WINDOW:]:
             self._finished[job.id] = job
+
+
+def _png_with_settings(image: Any, settings: dict[str, Any]) -> bytes:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("layercomposer", json.dumps(settings, ensure_ascii=True))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
 
 
 def _png_data_url(image: Any, max_side: int = 256) -> str:

@@ -338,6 +338,8 @@ async function refreshHistory() {
   try {
     jobs = (await api.jobs()).filter((j) => j.status === "done");
   } catch { return; }
+  // After a reload the Result panel shows the newest picture (History has it too).
+  if (jobs.length && !$("result").dataset.job) showResult(jobs[0].id);
   const list = $("history");
   list.replaceChildren();
   for (const job of jobs.slice(0, 30)) {
