@@ -123,3 +123,42 @@ def test_padded_processor_equals_diffusers_flux_processor_without_padding(pipe, 
     torch.testing.assert_close(shared, stock, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(per_sample, stock, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(shifted, stock, atol=1e-4)
+
+
+def test_attention_mass_processor_computes_the_same_attention_and_weights_that_sum_to_one(pipe, scenes):
+    from layercomposer.eval.attention import AttentionMassProcessor, attention_mass
+    from layercomposer.training.batch import subject_cells
+
+    sample = mixed_samples(scenes, 1)[0]
+    cond = pipe.condition(sample.canvas)
+    rows, cols = sample.canvas.grid
+    n = rows * cols
+    ids = torch.cat([torch.from_numpy(grid_ids(rows, cols, 0)), cond.ids]).float()
+    x = torch.randn((1, n, pipe.transformer.config.in_channels), generator=torch.Generator().manual_seed(1))
+    text = pipe.text_encoder.encode([sample.prompt])
+    t, g = torch.tensor([0.5]), guidance_vector(pipe.transformer, 1, 2.5)
+    length = text.sequence.shape[1]
+    groups = torch.cat([torch.zeros(length), torch.ones(n), torch.full((cond.count,), 2)]).long()
+    with torch.no_grad():
+        use_stock_attention(pipe.transformer)
+        stock = denoise(pipe.transformer, x, cond.tokens, ids, text, t, g)
+        processor = AttentionMassProcessor(groups, 3)
+        pipe.transformer.set_attn_processor(processor)
+        try:
+            recorded = denoise(pipe.transformer, x, cond.tokens, ids, text, t, g)
+        finally:
+            use_stock_attention(pipe.transformer)
+    torch.testing.assert_close(recorded, stock, rtol=1e-4, atol=1e-5)
+    blocks = len(pipe.transformer.transformer_blocks) + len(pipe.transformer.single_transformer_blocks)
+    assert len(processor.mass) == blocks
+    for mass in processor.mass:
+        torch.testing.assert_close(mass.sum(-1), torch.ones(mass.shape[0]))
+    # The probe itself: one entry per unlocked character asked about, shares between 0 and 1.
+    names = [name for name in sample.unlocked if name != "background"]
+    target_alpha = np.asarray(sample.subjects)
+    cells = {name: subject_cells(target_alpha, sample.canvas.grid).numpy() for name in names}
+    out = attention_mass(pipe, sample.canvas, sample.target, cells, times=(0.5,))
+    assert set(out) == {name for name in names if cells[name].any()}
+    for shares in out.values():
+        total = shares["own"] + shares["other_unlocked"] + shares["locked"] + shares["noisy"] + shares["text"]
+        assert abs(total - 1.0) < 1e-4 and 0 < shares["own"] < 1

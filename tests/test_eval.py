@@ -183,6 +183,22 @@ def test_eval_end_to_end_on_tiny_models(heldout, tmp_path):
     assert "- Locked regions, collage model (the ablation without the layered canvas" in text
     # 5 columns: canvas, collage model, layered, layered + hard lock, target (192 px cells, 4 px gaps).
     assert Image.open(tmp_path / "figs" / "sprites_grid.png").width == 5 * 196 + 4
+    # Identity: one record per unlocked character the target shows enough of, every picture identified.
+    from layercomposer.eval.identity import MIN_VISIBLE_PIXELS
+
+    idents = [r for c in report["cases"] for r in c.get("identity", [])]
+    expected = [r["name"] for c in report["cases"] for r in c["unlocked_regions"]
+                if r["name"] != "background" and r["pixels"] >= MIN_VISIBLE_PIXELS]
+    assert [r["name"] for r in idents] == expected and idents
+    assert {"layered", "hard_lock", "collage", "paste", "vae", "target"} <= set(idents[0]["top1"])
+    assert summary["identity"]["regions"] == len(idents)
+    assert summary["identity"]["engines"]["target"]["top1"] >= 0.5  # the real identifier on true targets
+    assert "## Unlocked characters: identity" in text and "right identity among 40" in text
+    # The copy probe rides on the lock flip; the attention probe on the identity records.
+    probes = [c["copy_probe"] for c in report["cases"] if "copy_probe" in c]
+    assert len(probes) == sum("lock_flip" in c for c in report["cases"]) and probes
+    assert summary["copy_probe"]["cases"] == len(probes)
+    assert summary["attention"]["characters"] == len(idents)
 
 
 def test_eval_with_strength_adds_an_image_to_image_run(heldout, tmp_path):

@@ -37,6 +37,7 @@ from ..canvas import Canvas, Layer, LayerImage
 from ..data.scenes import BACKGROUND, Scene, SceneSet
 from ..errors import LayerComposerError
 from ..training.sampling import SamplingConfig, TrainingSample, alpha_box, place_unlocked, sample_training_canvas
+from .identity import MIN_VISIBLE_PIXELS
 from .metrics import locate, psnr, ssim
 
 EVAL_SEED = 1
@@ -247,10 +248,12 @@ def vae_reconstruction(pipe, image: Image.Image) -> Image.Image:
 
 
 def evaluate_case(case: Case, pipe, collage_pipe, steps: int, guidance: float | None,
-                  hard_lock: bool = True, strength: float | None = None, ablations: bool = True) -> tuple[dict, dict]:
+                  hard_lock: bool = True, strength: float | None = None, ablations: bool = True,
+                  identifier=None) -> tuple[dict, dict]:
     """Metrics of one case, and the pictures made for it (`hard_lock`: also the layered model hard-locked;
     `strength`: also the layered model image-to-image from the flattened canvas at that strength;
-    `ablations=False` skips the unpruned run and the lock flip, two samplings a case)."""
+    `ablations=False` skips the unpruned run, the lock flip and the copy probe, three samplings a case;
+    `identifier`: an `eval.identity.Identifier`, for the identity of unlocked characters)."""
     from ..world import classify_background, classify_lighting
 
     sample, seed = case.sample, 1000 + case.index
@@ -336,7 +339,46 @@ def evaluate_case(case: Case, pipe, collage_pipe, steps: int, guidance: float | 
                                "locked": psnr(locked_pic, target, case.visible[name]),
                                "unlocked": psnr(unlocked_pic, target, case.visible[name])}
         pics["locked_" + name], pics["unlocked_" + name] = locked_pic, unlocked_pic
+        # The copy probe: the target's own layer of that character, in place, unlocked. A model that uses its
+        # unlocked layers keeps it nearly as well as the same layer locked.
+        copy_pic = _generate(pipe, copy_probe_canvas(case, name), "layered", steps, seed, guidance)[0].image
+        record["copy_probe"] = {"name": name, "pixels": int(case.visible[name].sum()),
+                                "locked": record["lock_flip"]["locked"],
+                                "copy": psnr(copy_pic, target, case.visible[name])}
+        if identifier is not None and identifier.knows(name) and case.visible[name].sum() >= MIN_VISIBLE_PIXELS:
+            from .identity import candidates
+
+            rng = np.random.default_rng([EVAL_SEED, case.index, 7])
+            cands = candidates(name, [n for n in case.scene.subjects if n != name], identifier.ids, rng)
+            found = identifier.identify_many([(p, case.visible[name], cands) for p in (locked_pic, copy_pic)])
+            record["copy_probe"]["identity"] = {"locked": found[0] == name, "copy": found[1] == name}
+        pics["copy_" + name] = copy_pic
+    if identifier is not None:
+        from .identity import identity_regions
+
+        record["identity"] = identity_regions(case, pics, identifier, layered.plan, seed=EVAL_SEED)
+        if ablations and record["identity"]:
+            from ..training.batch import subject_cells
+            from .attention import attention_mass
+
+            cells = {r["name"]: subject_cells(case.visible[r["name"]].astype(np.uint8) * 255, sample.canvas.grid)
+                     .numpy() for r in record["identity"]}
+            mass = attention_mass(pipe, sample.canvas, target, cells, seed=seed)
+            record["attention"] = [{**mass[r["name"]], "name": r["name"], "recognised": r["top1"].get("layered")}
+                                   for r in record["identity"] if r["name"] in mass]
     return record, pics
+
+
+def copy_probe_canvas(case: Case, name: str) -> Canvas:
+    """The case's canvas with character `name` as the target's own layer, in place (its alpha box, scale 1),
+    unlocked, colours untouched: what a model that copies its unlocked layers keeps exactly."""
+    target = case.scene.images[case.sample.image]
+    canvas = case.sample.canvas.copy()
+    i = next(k for k, layer in enumerate(canvas.layers) if layer.name == name)
+    full = target.layer(name)
+    box = alpha_box(full)
+    canvas.layers[i] = Layer(name=name, image=LayerImage.from_pil(full.crop(box)), x=box[0], y=box[1], locked=False)
+    return canvas
 
 
 def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -425,6 +467,7 @@ def summarise(records: list[dict]) -> dict[str, Any]:
         "occlusion_all": _occlusion(records, "revealed_all"),
         "lock_flip": {"cases": len(flips), "locked": _mean([f["locked"] for f in flips]),
                       "unlocked": _mean([f["unlocked"] for f in flips])},
+        "copy_probe": _copy_probe(records),
         "pruning": {
             "psnr_layered": _mean([rec["psnr_image"]["layered"] for rec in records]),
             "psnr_unpruned": _mean([rec["psnr_image"].get("unpruned") for rec in records]),
@@ -442,7 +485,27 @@ def summarise(records: list[dict]) -> dict[str, Any]:
                for k in ("layered", "strength", "collage")},
         },
     }
+    if any("identity" in rec for rec in records):
+        from .identity import summarise_identity
+
+        summary["identity"] = summarise_identity([r for rec in records for r in rec.get("identity", [])])
+    if any("attention" in rec for rec in records):
+        from .attention import summarise_attention
+
+        summary["attention"] = summarise_attention([a for rec in records for a in rec.get("attention", [])])
     return summary
+
+
+def _copy_probe(records: list[dict]) -> dict[str, Any]:
+    """The copy probe's means: the same layer locked and unlocked in place, PSNR and identity."""
+    probes = [rec["copy_probe"] for rec in records if "copy_probe" in rec]
+    ident = [p["identity"] for p in probes if "identity" in p]
+    return {"cases": len(probes), "locked": _mean([p["locked"] for p in probes]),
+            "copy": _mean([p["copy"] for p in probes]),
+            **paired_difference([p["copy"] for p in probes], [p["locked"] for p in probes]),
+            "identity_cases": len(ident),
+            "identity_locked": _mean([float(i["locked"]) for i in ident]),
+            "identity_copy": _mean([float(i["copy"]) for i in ident])}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -494,13 +557,16 @@ def run_eval(
     model: str, collage_model: str | None, data: str | None, scenes: int, steps: int, guidance: float | None,
     figures: Path | None, figure_rows: int = 6, progress: bool = True, hard_lock: bool = True,
     strength: float | None = None, occlusion_only: bool = False, occlusion_subset: str = "unlocked",
+    identifier: str | None = "shipped", ablations: bool = True,
 ) -> dict[str, Any]:
     """Evaluate on `scenes` held-out cases; returns {"summary", "cases", "settings"}.
 
     `occlusion_only`: `scenes` cases of the occlusion subset only (the scenes scanned in order as in a full run,
     the others skipped), each with the layered and the collage model and no other ablation; for an ordering of
     the two models on that subset with a small standard error. `occlusion_subset`: which subset ("unlocked":
-    unlocked characters' hidden pixels; "all": any layer's)."""
+    unlocked characters' hidden pixels; "all": any layer's). `identifier`: the identity metric's weights
+    ("shipped": the package's; None: no identity metric). `ablations=False` skips the unpruned run, the lock
+    flip and the copy probe (a quick proxy evaluation)."""
     import sys
     import tempfile
 
@@ -513,6 +579,11 @@ def run_eval(
         skipped_steps(steps, strength)  # a bad strength fails before the models load
     if occlusion_only and collage_model is None:
         raise LayerComposerError("the occlusion-only evaluation compares with a collage model: give --collage-model")
+    ident = None
+    if identifier is not None:
+        from .identity import IDENTIFIER_DIR, Identifier
+
+        ident = Identifier.load(IDENTIFIER_DIR if identifier == "shipped" else identifier)
     pipe = LayerComposerPipeline.from_pretrained(model)
     collage_pipe = LayerComposerPipeline.from_pretrained(collage_model) if collage_model else None
     with tempfile.TemporaryDirectory() as tmp:
@@ -531,7 +602,7 @@ def run_eval(
         records, fig_rows, occl_rows = [], [], []
         for case in tqdm(cases, desc="eval", unit="case", file=sys.stderr, disable=not progress):
             record, pics = evaluate_case(case, pipe, collage_pipe, steps, guidance, hard_lock, strength,
-                                         ablations=not occlusion_only)
+                                         ablations=ablations and not occlusion_only, identifier=ident)
             records.append(record)
             row = [canvas_preview(case.sample.canvas), pics.get("collage", pics["paste"]), pics["layered"],
                    *([pics["hard_lock"]] if hard_lock else []), *([pics["strength"]] if strength else []),
@@ -544,6 +615,7 @@ def run_eval(
     settings = {"model": model, "collage_model": collage_model, "scenes": scenes, "steps": steps,
                 "guidance": guidance if guidance is not None else pipe.guidance_scale, "eval_seed": EVAL_SEED,
                 "hard_lock": hard_lock, "strength": strength, "occlusion_only": occlusion_only,
+                "identifier": identifier, "ablations": ablations,
                 **({"occlusion_subset": occlusion_subset} if occlusion_only else {})}
     report = {"settings": settings, "summary": summarise(records), "cases": records}
     if figures is not None:
@@ -597,6 +669,7 @@ def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
         "against the true target picture. PSNR is averaged over regions (each locked layer, each unlocked "
         "character), in dB, peak 1.",
         "",
+        *_identity_section(s),
         "## Against the targets",
         "",
         "| target | measured | verdict |",
@@ -671,6 +744,42 @@ def results_markdown(report: dict[str, Any], command: str, machine: str) -> str:
         for fig in figures:
             lines += ["", f"![{Path(fig).stem}](figures/{Path(fig).name})"]
     return "\n".join(lines) + "\n"
+
+
+def _identity_section(s: dict[str, Any]) -> list[str]:
+    """The headline for unlocked layers: identity among the gallery (reports before 2026-12-06 have none)."""
+    if "identity" not in s:
+        return []
+    from .identity import identity_markdown
+
+    cp = s.get("copy_probe", {})
+    lines = ["## Unlocked characters: identity", "",
+             "Does the picture show the right character where the target has it? Each unlocked character's "
+             "visible region in the target is identified among "
+             f"{s['identity']['gallery']} held-out identities (the true one, its scene-mates, random others) by "
+             "the sprites identifier (`eval/identity.py`: a small CNN trained only on renders, never on these "
+             "pictures), the world's analogue of the paper's ArcFace.", "",
+             *identity_markdown(s["identity"])]
+    if cp.get("cases"):
+        lines += ["", f"- Copy probe ({cp['cases']} cases): the target's own layer in place but unlocked reads "
+                  f"{_f(cp['copy'])} against {_f(cp['locked'])} for the same layer locked (paired difference "
+                  f"{_f(cp['difference'])}, s.e. {_f(cp['difference_se'])}); identity "
+                  f"{_f(_pct(cp.get('identity_copy')), '%', 0)} unlocked vs "
+                  f"{_f(_pct(cp.get('identity_locked')), '%', 0)} locked ({cp.get('identity_cases', 0)} cases)."]
+    at = s.get("attention")
+    if at and at["characters"]:
+        def part(a: dict[str, Any]) -> str:
+            return (f"own layer {_f(_pct(a['own']), '%', 1)}, other unlocked layers "
+                    f"{_f(_pct(a['other_unlocked']), '%', 1)}, locked {_f(_pct(a['locked']), '%', 1)}, noisy "
+                    f"{_f(_pct(a['noisy']), '%', 1)}, text {_f(_pct(a['text']), '%', 1)}")
+
+        lines += [f"- Attention mass (`eval/attention.py`; {at['characters']} characters, mean over heads, blocks "
+                  "and noise levels 0.3/0.6/0.9) from the noisy tokens where the target shows an unlocked character: "
+                  f"{part(at)}. Recognised in the layered picture ({at['recognised']['characters']}): "
+                  f"{part(at['recognised']) if at['recognised']['characters'] else 'none'}; not recognised "
+                  f"({at['not_recognised']['characters']}): "
+                  f"{part(at['not_recognised']) if at['not_recognised']['characters'] else 'none'}."]
+    return [*lines, ""]
 
 
 def _away_line(lk: dict[str, Any]) -> list[str]:

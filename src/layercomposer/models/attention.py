@@ -62,9 +62,7 @@ class PaddedBatchAttnProcessor:
             query = apply_rope(query, *rope)
             key = apply_rope(key, *rope)
 
-        out = F.scaled_dot_product_attention(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attention_mask
-        )  # (B, H, S, D)
+        out = self.attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attention_mask)
         out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)  # (B, S, H*D)
 
         if joint:
@@ -73,6 +71,12 @@ class PaddedBatchAttnProcessor:
             out = attn.to_out[1](attn.to_out[0](out.contiguous()))
             return out, attn.to_add_out(e_out.contiguous())
         return out
+
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, H, S, D) queries, keys and values -> (B, H, S, D) outputs (PyTorch's SDPA)."""
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
 
 
 def use_padded_batch_attention(transformer: torch.nn.Module) -> None:
