@@ -8,12 +8,17 @@ attention-processor hook (`transformer.set_attn_processor`) and reads two extra 
 - ``attention_mask``: ``(B, 1, 1, S)`` bool, False on padding keys.
 
 With neither given it computes exactly what the stock `FluxAttnProcessor` computes.
+
+The attention itself goes through diffusers' attention dispatcher (`dispatch_attention_fn`), as the stock
+processors do, so `transformer.set_attention_backend("flash" | "flash_varlen" | "native" | ...)` or the
+`attention_backend` context manager choose the kernel. The padding mask is a key mask whose False entries are
+a suffix of each sample's sequence (`training.batch.collate` pads at the end), which is the form the
+variable-length backends (`flash_varlen`, `sage_varlen`) read.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
@@ -32,6 +37,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 class PaddedBatchAttnProcessor:
     """Joint text-image attention of FLUX with per-sample rotary positions and padding masks."""
+
+    # Set by diffusers' `ModelMixin.set_attention_backend` (None: the dispatcher's active backend).
+    _attention_backend = None
+    _parallel_config = None
 
     def __call__(
         self,
@@ -72,11 +81,19 @@ class PaddedBatchAttnProcessor:
             return out, attn.to_add_out(e_out.contiguous())
         return out
 
-
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                mask: torch.Tensor | None) -> torch.Tensor:
-        """(B, H, S, D) queries, keys and values -> (B, H, S, D) outputs (PyTorch's SDPA)."""
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+        """(B, H, S, D) queries, keys and values -> (B, H, S, D) outputs, through diffusers' dispatcher.
+
+        `mask`: (B, 1, 1, S) bool, False on padding keys, or None. Subclasses may override this (the eval's
+        attention-mass probe computes the weights explicitly).
+        """
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+        out = dispatch_attention_fn(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                                    attn_mask=mask, backend=self._attention_backend,
+                                    parallel_config=self._parallel_config)
+        return out.transpose(1, 2)
 
 
 def use_padded_batch_attention(transformer: torch.nn.Module) -> None:
