@@ -631,8 +631,10 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from .modelcheck import check_model
     from .refine import RefineEngine, RefineSettings, auto_backend, instruction_text
 
+    check_model(model)
     backend = args.backend or auto_backend(resolve_model(model))
 
     settings = RefineSettings(instruction=args.instruction, steps=args.steps, guidance=args.guidance,
@@ -901,6 +903,9 @@ def _load_pipeline(model: str, device: str | None, dtype: str = "auto", offload:
         raise LayerComposerError(f"--device: unknown device {device!r}") from None
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise LayerComposerError("--device: CUDA is not available on this machine")
+    from .modelcheck import check_model
+
+    check_model(model)  # absurd or non-finite config numbers, before anything is allocated from them
     pipe = LayerComposerPipeline.from_pretrained(model)
     torch_dtype = (torch.bfloat16 if torch_device.type == "cuda" else torch.float32) if dtype == "auto" \
         else getattr(torch, dtype)

@@ -238,8 +238,10 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
     def default_loader() -> Any:
         import torch
 
+        from ..modelcheck import check_model
         from ..pipeline import LayerComposerPipeline
 
+        check_model(settings.model)
         pipe = LayerComposerPipeline.from_pretrained(settings.model)
         device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         if device != "cpu":
@@ -247,8 +249,10 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
         return pipe
 
     def refine_loader() -> Any:
+        from ..modelcheck import check_model
         from ..refine import RefineEngine
 
+        check_model(settings.refine_model)
         return RefineEngine(settings.refine_model, _refine_backend(settings.refine_model), settings.device)
 
     jobs = JobManager(load_pipeline or default_loader, outputs, settings.max_queue, settings.preview_every,
