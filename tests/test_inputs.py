@@ -153,12 +153,14 @@ def test_malformed_zips_only_ever_raise_canvas_error():
     """Mutated bundles (fixed seed): each one loads or raises CanvasError, nothing else."""
     good = bundle(doc(layers=[layer(image="images/a.png"), layer(name="b", image="images/b.png")]),
                   {"images/a.png": png(), "images/b.png": png(30, 20)})
-    stored = bundle(doc(layers=[layer(image="images/a.png")]), {"images/a.png": png()}, zipfile.ZIP_STORED)
-    load_bundle(good, "b.lcz")
+    bases = [good, *(bundle(doc(layers=[layer(image="images/a.png")]), {"images/a.png": png()}, method)
+                     for method in (zipfile.ZIP_STORED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA))]
+    for base in bases:
+        load_bundle(base, "b.lcz")
     rng = random.Random(31)
     others = []
     for i in range(1500):
-        data = bytearray(good if i % 2 else stored)
+        data = bytearray(bases[i % len(bases)])
         for _ in range(rng.choice((1, 1, 2, 4, 16))):
             pos = rng.randrange(len(data))
             op = rng.random()

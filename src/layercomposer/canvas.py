@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import lzma
 import math
 import os
 import posixpath
@@ -588,6 +589,12 @@ def load_canvas(path: str | os.PathLike[str]) -> Canvas:
     return canvas_from_dict(data, resolve, str(path))
 
 
+_ZIP_READ_ERRORS = (zipfile.BadZipFile, OSError, NotImplementedError, EOFError, RuntimeError, zlib.error,
+                    lzma.LZMAError, ValueError)
+"""What zipfile raises for a damaged member (RuntimeError: encrypted; NotImplementedError: an unknown
+compression; OSError: a bad bzip2 stream; LZMAError, zlib.error, EOFError: damaged deflate or LZMA data)."""
+
+
 def load_bundle(data: bytes, where: str = "bundle") -> Canvas:
     """Load a `.lcz` bundle from bytes: `canvas.json` at the root, images read only from inside the zip.
 
@@ -598,8 +605,8 @@ def load_bundle(data: bytes, where: str = "bundle") -> Canvas:
         return _load_bundle(data, where)
     except CanvasError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, struct.error, EOFError, OSError, ValueError,
-            NotImplementedError, RuntimeError, IndexError, KeyError, TypeError, OverflowError) as exc:
+    except (*_ZIP_READ_ERRORS, zipfile.LargeZipFile, struct.error, IndexError, KeyError, TypeError,
+            OverflowError) as exc:
         # zipfile reports a damaged archive in many ways (RuntimeError: encrypted; NotImplementedError: an
         # unknown compression; ValueError, IndexError, zlib.error, EOFError: damaged headers or streams).
         raise CanvasError(f"{where}: not a valid .lcz bundle ({type(exc).__name__}: {_short(str(exc), 120)})") \
@@ -656,7 +663,7 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, where: 
     try:
         with zf.open(info) as fh:
             blob = _read_limited(fh, limit, where, budget)
-    except (zipfile.BadZipFile, OSError, NotImplementedError, EOFError, RuntimeError, zlib.error, ValueError) as exc:
+    except _ZIP_READ_ERRORS as exc:
         raise CanvasError(f"{where}: cannot read from the bundle ({type(exc).__name__}: {_short(str(exc), 120)})") \
             from None
     return blob
@@ -673,7 +680,7 @@ def _read_image_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, b
                 raise CanvasError(f"{where}: {info.file_size >> 10} KiB uncompressed is more than a "
                                   f"{width}x{height} image can need (data appended to the picture?)")
             rest = _read_limited(fh, limit - len(head), where, budget) if len(head) == HEADER_BYTES - 1 else b""
-    except (zipfile.BadZipFile, OSError, NotImplementedError, EOFError, RuntimeError, zlib.error, ValueError) as exc:
+    except _ZIP_READ_ERRORS as exc:
         raise CanvasError(f"{where}: cannot read from the bundle ({type(exc).__name__}: {_short(str(exc), 120)})") \
             from None
     blob = head + rest
