@@ -57,7 +57,6 @@ CUTOUT_CACHE = 64
 DEFAULT_MAX_TOKENS = 16384
 """Most tokens (noisy + condition) a job may have: about 1024x1024 px with a few layers. The documented
 largest canvas, 4096x4096, is 65536 noisy tokens alone, hours per picture on a CPU."""
-MAX_JSON_BODY_DEPTH = 64
 
 
 @dataclass

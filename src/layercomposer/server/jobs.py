@@ -223,10 +223,6 @@ class JobManager:
     def bundle_path(self, job_id: str) -> Path:
         return self.jobs_dir / job_id / "canvas.lcz"
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
     def shutdown(self) -> None:
         self._stop.set()
         with self._lock:
