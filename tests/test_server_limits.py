@@ -534,3 +534,14 @@ def test_result_png_carries_its_settings_like_the_cli(client):
     settings = json.loads(picture.info["layercomposer"])
     assert settings["seed"] == 4294967295 and settings["steps"] == 2 and settings["model"] == "tiny-random"
     assert settings["prompt"] == "a red sprite" and settings["mode"] == "layered" and settings["job"] == job_id
+
+
+def test_allowed_host_names_are_accepted(tmp_path, pipe):
+    with make_client(tmp_path, pipe, allowed_hosts=("mybox.local",)) as c:
+        assert c.get("/api/jobs", headers={"Host": "mybox.local"}).status_code == 200
+        assert c.get("/api/jobs", headers={"Host": "MyBox.Local."}).status_code == 200
+        assert c.get("/api/jobs", headers={"Host": "mybox.local:8080"}).status_code == 403  # not the served port
+        assert c.get("/api/jobs", headers={"Host": "other.local"}).status_code == 403
+        r = c.post("/api/images", files={"file": ("a.png", png(), "image/png")},
+                   headers={"Host": "mybox.local", "Origin": "http://mybox.local"})
+        assert r.status_code == 200
