@@ -207,3 +207,28 @@ def save_tiny_qwen_edit(folder: Path, plus: bool = False, seed: int = 0) -> Path
             }
         path.write_text(json.dumps(doc, indent=2))
     return folder
+
+
+def write_gguf(state_dict: dict, path: Path, arch: str = "flux") -> tuple[int, int]:
+    """Write a diffusers transformer state dict as a GGUF file, as community GGUF converters do: matrices whose
+    rows split into 32-value blocks as Q8_0, everything else float32. Keys are diffusers' own, which diffusers'
+    GGUF loader reads unconverted (the BFL layout's converter assumes FLUX.1's 3072 width for single blocks).
+
+    Returns (quantized tensors, all tensors)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch=arch)
+    quantized = 0
+    for key, tensor in state_dict.items():
+        array = tensor.float().numpy()
+        if array.ndim == 2 and array.shape[1] % 32 == 0:
+            blocks = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(key, blocks, raw_shape=blocks.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            quantized += 1
+        else:
+            writer.add_tensor(key, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return quantized, len(state_dict)

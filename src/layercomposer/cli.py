@@ -188,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--guidance", type=float, default=None)
     ref.add_argument("--seed", type=int, default=0)
     ref.add_argument("--device", default=None)
+    add_memory_arguments(ref, dtype=False, vae_tiling=False)
     ref.set_defaults(func=cmd_refine, quick_exit=True)
 
     srv = sub.add_parser("serve", help="start the editor (web app + API)",
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--refine-model", default=None,
                      help="model of the editor's refine mode (FLUX.1 Kontext folder / hub id; default: "
                      "demo-collage when installed)")
+    add_memory_arguments(srv, dtype=False, vae_tiling=False)
     srv.set_defaults(func=cmd_serve)
 
     ev = sub.add_parser("eval", help="evaluate models")
@@ -390,19 +392,53 @@ def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
                        help="prior model dtype (auto: bfloat16 on CUDA, float32 on the CPU)")
 
 
-def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-                        help="weights and compute dtype (auto: bfloat16 on CUDA, float32 on the CPU)")
-    parser.add_argument("--offload", choices=("none", "model", "sequential"), default="none",
-                        help="CPU offload: whole models (model) or layer by layer (sequential, least memory)")
-    parser.add_argument("--vae-tiling", action="store_true", help="tiled VAE encode/decode for large canvases")
+def add_memory_arguments(parser: argparse.ArgumentParser, dtype: bool = True, vae_tiling: bool = True) -> None:
+    """--quantize, --gguf, --offload, --attention-backend (and --dtype, --vae-tiling where the command has them)."""
+    if dtype:
+        parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                            help="weights and compute dtype (auto: bfloat16 on CUDA, float32 on the CPU)")
+    parser.add_argument("--quantize", choices=("int8", "fp8", "nf4"), default=None,
+                        help="quantize the transformer on load: int8 (torchao weight-only, bf16; CPU or GPU), fp8 "
+                        "(torchao; CUDA, compute capability 8.9+), nf4 (bitsandbytes 4-bit; CUDA); needs "
+                        "pip install 'layercomposer[lowmem]'")
+    parser.add_argument("--gguf", default=None, metavar="FILE",
+                        help="read the transformer from this GGUF file (diffusers' GGUF loader; its config from the "
+                        "model folder)")
+    parser.add_argument("--offload", choices=("none", "model", "group", "sequential"), default="none",
+                        help="CPU offload: whole models (model), diffusers' group offloading, a transformer block at a "
+                        "time (group), or layer by layer (sequential, least memory)")
+    parser.add_argument("--attention-backend", default=None, metavar="NAME",
+                        help="diffusers' attention kernel: native (default), flash, flash_varlen, _flash_3, sage, ...")
+    if vae_tiling:
+        parser.add_argument("--vae-tiling", action="store_true", help="tiled VAE encode/decode for large canvases")
+
+
+def load_options(args: argparse.Namespace) -> Any:
+    """The `models.lowmem.LoadOptions` of a command's --quantize / --gguf (checked before the model loads)."""
+    from .models.lowmem import LoadOptions
+
+    return LoadOptions(quantize=getattr(args, "quantize", None), gguf=getattr(args, "gguf", None))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     return _run(build_parser().parse_args(argv))
 
 
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer",
+                 "bitsandbytes")
+"""Loggers of the optional low-memory packages that warn at import time (torchao's CUDA-only kernels missing on a
+CPU, its pytree registrations; diffusers importing them): errors only, so a command's stderr stays ours."""
+
+
+def quiet_library_logs() -> None:
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def _run(args: argparse.Namespace) -> int:
+    quiet_library_logs()
     try:
         return int(args.func(args) or 0)
     except LayerComposerError as exc:
@@ -466,8 +502,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for spec in args.lora:
         parse_lora_spec(spec)  # a missing file fails before the model load
 
+    load = load_options(args)
     t0 = time.perf_counter()
-    pipe = _load_pipeline(model, args.device, args.dtype, args.offload, args.vae_tiling)
+    pipe = _load_pipeline(model, args.device, args.dtype, args.offload, args.vae_tiling, load,
+                          args.attention_backend)
     pipe.load_loras(args.lora)
     load_s = time.perf_counter() - t0
 
@@ -640,7 +678,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
     settings = RefineSettings(instruction=args.instruction, steps=args.steps, guidance=args.guidance,
                               seed=args.seed, loras=args.lora, trigger=args.trigger,
                               layers_as_references=args.layers_as_references)
-    engine = RefineEngine(model, backend, args.device, args.lora)
+    engine = RefineEngine(model, backend, args.device, args.lora, load=load_options(args), offload=args.offload,
+                          attention_backend=args.attention_backend)
     bar = tqdm(total=args.steps, desc="refining", unit="step", file=sys.stderr, leave=False)
     try:
         image = engine(source, settings, callback=lambda event: bar.update(1))
@@ -679,9 +718,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(model=model, outputs=Path(args.outputs), token=args.token, max_queue=args.queue,
                               device=args.device, refine_model=refine_model, allowed_hosts=tuple(args.allow_host),
                               max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS)
+    load = load_options(args)
+    loader = None
+    if load.active or args.offload != "none" or args.attention_backend:
+        # The editor's model with the low-memory flags (its refine model loads as before).
+        def loader() -> Any:
+            return _load_pipeline(model, args.device, "auto", args.offload, False, load, args.attention_backend)
+
     print(f"layercomposer editor: http://{args.host}:{args.port}/  (model {model}, outputs {args.outputs})",
           file=sys.stderr)
-    uvicorn.Server(uvicorn_config(create_app(settings), args.host, args.port)).run()
+    uvicorn.Server(uvicorn_config(create_app(settings, load_pipeline=loader), args.host, args.port)).run()
     return 0
 
 
@@ -885,7 +931,7 @@ def _load_prior_model(args: argparse.Namespace) -> Any:
 
 
 def _load_pipeline(model: str, device: str | None, dtype: str = "auto", offload: str = "none",
-                   vae_tiling: bool = False) -> Any:
+                   vae_tiling: bool = False, load: Any = None, attention_backend: str | None = None) -> Any:
     import torch
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -906,7 +952,7 @@ def _load_pipeline(model: str, device: str | None, dtype: str = "auto", offload:
     from .modelcheck import check_model
 
     check_model(model)  # absurd or non-finite config numbers, before anything is allocated from them
-    pipe = LayerComposerPipeline.from_pretrained(model)
+    pipe = LayerComposerPipeline.from_pretrained(model, load=load)
     torch_dtype = (torch.bfloat16 if torch_device.type == "cuda" else torch.float32) if dtype == "auto" \
         else getattr(torch, dtype)
     if offload == "none":
@@ -916,8 +962,13 @@ def _load_pipeline(model: str, device: str | None, dtype: str = "auto", offload:
         pipe.to("cpu", torch_dtype)
         if offload == "model":
             pipe.enable_model_cpu_offload(torch_device)
+        elif offload == "group":
+            pipe.enable_group_offload(torch_device)
         else:
             pipe.enable_sequential_cpu_offload(torch_device)
+    from .models.lowmem import set_attention_backend
+
+    set_attention_backend(pipe.transformer, attention_backend)
     if vae_tiling:
         pipe.enable_vae_tiling()
     return pipe

@@ -30,6 +30,7 @@ from .errors import LayerComposerError, ModelError
 from .flow import FlowSchedule, add_noise
 from .models.denoiser import denoise
 from .models.flux import FLUX_PIPELINES, FluxTextEncoder, load_flux_folder, load_loras
+from .models.lowmem import LoadOptions, is_quantized, load_transformer
 from .models.registry import ModelConfig, build_random, resolve_model
 from .models.text import ClipTextEncoder, TextEmbeddings, TextEncoder
 from .sampler import KnownRegion, StepCallback, sample_euler
@@ -132,17 +133,27 @@ class LayerComposerPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, model: str | os.PathLike[str], device: str | torch.device | None = None, dtype: torch.dtype | None = None
+        cls, model: str | os.PathLike[str], device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+        load: LoadOptions | None = None,
     ) -> LayerComposerPipeline:
-        """Load a named model (`tiny-random`, `demo`, ...) or a directory written by `save_pretrained`."""
+        """Load a named model (`tiny-random`, `demo`, ...) or a directory written by `save_pretrained`.
+
+        `load` (`models.lowmem.LoadOptions`): a quantized transformer (`--quantize`) or one read from a GGUF file
+        (`--gguf`); model folders only.
+        """
         resolved = resolve_model(str(model) if isinstance(model, os.PathLike) else model)
-        pipe = cls.from_config(resolved) if isinstance(resolved, ModelConfig) else cls._load_dir(resolved)
+        if isinstance(resolved, ModelConfig):
+            if load is not None and load.active:
+                raise ModelError(f"--quantize / --gguf need a model folder; {model!r} is built from a config")
+            pipe = cls.from_config(resolved)
+        else:
+            pipe = cls._load_dir(resolved, load)
         if device is not None or dtype is not None:
             pipe.to(device or "cpu", dtype)
         return pipe
 
     @classmethod
-    def _load_dir(cls, root: Path) -> LayerComposerPipeline:
+    def _load_dir(cls, root: Path, load: LoadOptions | None = None) -> LayerComposerPipeline:
         from diffusers import AutoencoderKL, FluxTransformer2DModel
         from safetensors import SafetensorError
 
@@ -152,7 +163,7 @@ class LayerComposerPipeline:
             raise ModelError(f"{root}/model_index.json: cannot read ({exc})") from None
         if index.get("_class_name") in FLUX_PIPELINES:
             # A diffusers FLUX.1 Kontext folder: our conditioning on the real architecture.
-            c = load_flux_folder(root)
+            c = load_flux_folder(root, load=load)
             return cls(c.transformer, c.vae, c.text_encoder, c.schedule, c.guidance_scale, 28, name=c.name)
         if index.get("_class_name") != PIPELINE_CLASS:
             raise ModelError(
@@ -165,9 +176,7 @@ class LayerComposerPipeline:
         if kind not in _TEXT_ENCODERS:
             raise ModelError(f"{root}: unknown text_encoder_kind {kind!r}")
         try:
-            transformer = FluxTransformer2DModel.from_pretrained(
-                root / "transformer", use_safetensors=True, torch_dtype=torch.float32
-            )
+            transformer = load_transformer(FluxTransformer2DModel, root / "transformer", load, torch.float32)
             vae = AutoencoderKL.from_pretrained(root / "vae", use_safetensors=True, torch_dtype=torch.float32)
             text_encoder = _TEXT_ENCODERS[kind].from_pretrained(root)
         except (OSError, ValueError, SafetensorError) as exc:  # a truncated file is a SafetensorError
@@ -208,7 +217,11 @@ class LayerComposerPipeline:
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> LayerComposerPipeline:
         self._execution_device = None
-        self.transformer.to(device=device, dtype=dtype)
+        # A quantized transformer keeps its dtype (its weights are int8 / nf4 / GGUF blocks computing in bf16).
+        if is_quantized(self.transformer):
+            self.transformer.to(device)
+        else:
+            self.transformer.to(device=device, dtype=dtype)
         self.vae.to(device=device, dtype=dtype)
         self.text_encoder.to(device, dtype)
         self.conditioning.clear()  # cached latents live on the old device
@@ -260,6 +273,27 @@ class LayerComposerPipeline:
         self._prompt_cache.clear()
         return self
 
+    def enable_group_offload(self, device: str | torch.device = "cuda", offload_type: str = "block_level",
+                             use_stream: bool | None = None) -> LayerComposerPipeline:
+        """diffusers' group offloading: weights stay on the CPU and move to `device` a block of layers at a time
+        (`offload_type` "block_level", one transformer block per group) or one layer at a time ("leaf_level"),
+        prefetched on a CUDA stream when `use_stream` (default: on CUDA)."""
+        from diffusers.hooks import apply_group_offloading
+
+        device = torch.device(device)
+        stream = device.type == "cuda" if use_stream is None else use_stream
+        kwargs: dict[str, Any] = {"onload_device": device, "offload_device": torch.device("cpu"),
+                                  "offload_type": offload_type, "use_stream": stream}
+        if offload_type == "block_level":
+            kwargs["num_blocks_per_group"] = 1
+        for module in [*self._text_modules(), self.vae, self.transformer]:
+            module.to("cpu")
+            apply_group_offloading(module, **kwargs)
+        self._execution_device = device
+        self.conditioning.clear()
+        self._prompt_cache.clear()
+        return self
+
     def enable_vae_tiling(self) -> LayerComposerPipeline:
         """Encode and decode large pictures in overlapping tiles (less memory at 2K and up)."""
         self.vae.enable_tiling()
@@ -267,7 +301,8 @@ class LayerComposerPipeline:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
+        """The transformer's compute dtype (a GGUF transformer's quantized blocks are stored as bytes)."""
+        return next(p.dtype for p in self.transformer.parameters() if p.is_floating_point())
 
     # -- components ----------------------------------------------------------------------------------------
 

@@ -134,11 +134,17 @@ def auto_backend(resolved: Any) -> str:
 class RefineEngine:
     """Loads an editing model once; `__call__` refines canvases or collage images."""
 
-    def __init__(self, model: str, backend: str = "kontext", device: str | None = None, loras: list[str] = ()):
+    def __init__(self, model: str, backend: str = "kontext", device: str | None = None, loras: list[str] = (),
+                 load: Any = None, offload: str = "none", attention_backend: str | None = None):
+        """`load` (`models.lowmem.LoadOptions`), `offload` and `attention_backend`: the low-memory flags
+        (``--quantize`` / ``--gguf``, ``--offload``, ``--attention-backend``), for the diffusers backends."""
         import torch
 
         from .models.flux import FLUX_PIPELINES, load_loras, pipeline_class
+        from .models.lowmem import LoadOptions, load_transformer, offload_diffusers_pipeline, set_attention_backend
         from .models.registry import ModelConfig, resolve_model
+
+        load = load or LoadOptions()
 
         if backend not in BACKENDS:
             raise LayerComposerError(f"--backend: must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -152,28 +158,40 @@ class RefineEngine:
         if backend == "kontext":
             if kind != "FluxKontextPipeline":
                 raise ModelError(f"--backend kontext needs a FLUX.1 Kontext model folder, got {model!r} ({kind})")
-            from diffusers import FluxKontextPipeline
+            from diffusers import FluxKontextPipeline, FluxTransformer2DModel
 
+            parts = {"transformer": load_transformer(FluxTransformer2DModel, resolved / "transformer", load, dtype)} \
+                if load.active else {}
             self.pipe: Any = FluxKontextPipeline.from_pretrained(str(resolved), torch_dtype=dtype,
-                                                                 use_safetensors=True).to(self.device)
+                                                                 use_safetensors=True, **parts)
+            offload_diffusers_pipeline(self.pipe, offload, self.device)
             self.pipe.set_progress_bar_config(disable=True)
             load_loras(self.pipe.transformer, list(loras))
+            set_attention_backend(self.pipe.transformer, attention_backend)
         elif backend == "qwen":
             if kind not in QWEN_PIPELINES:
                 raise ModelError(f"--backend qwen needs a Qwen-Image-Edit (or Qwen-Image-Edit Plus) model folder, "
                                  f"got {model!r} ({kind})")
-            self.pipe = load_qwen_edit(resolved, dtype).to(self.device)
+            if load.active:
+                raise ModelError("--quantize / --gguf: for FLUX models (kontext, klein and our own); not for qwen")
+            self.pipe = offload_diffusers_pipeline(load_qwen_edit(resolved, dtype), offload, self.device)
             self.pipe.set_progress_bar_config(disable=True)
             load_qwen_loras(self.pipe, list(loras))
+            set_attention_backend(self.pipe.transformer, attention_backend)
         else:
             if kind in FLUX_PIPELINES or kind in QWEN_PIPELINES:
                 raise ModelError(f"--backend demo takes our own models (demo-collage); {model!r} is a {kind}")
             from .pipeline import LayerComposerPipeline
 
-            self.pipe = LayerComposerPipeline.from_pretrained(model)
-            if self.device != "cpu":
+            self.pipe = LayerComposerPipeline.from_pretrained(model, load=load)
+            if offload != "none":
+                self.pipe.to("cpu", torch.bfloat16 if self.device != "cpu" else None)
+                {"model": self.pipe.enable_model_cpu_offload, "group": self.pipe.enable_group_offload,
+                 "sequential": self.pipe.enable_sequential_cpu_offload}[offload](self.device)
+            elif self.device != "cpu":
                 self.pipe.to(self.device, torch.bfloat16)
             self.pipe.load_loras(list(loras))
+            set_attention_backend(self.pipe.transformer, attention_backend)
 
     def __call__(self, source: Canvas | Image.Image, settings: RefineSettings, callback: Any = None) -> Image.Image:
         import torch

@@ -13,6 +13,7 @@ import torch
 
 from ..errors import ModelError
 from ..flow import FlowSchedule
+from .lowmem import LoadOptions, load_transformer
 from .text import TextEmbeddings
 
 FLUX_PIPELINES = ("FluxKontextPipeline", "FluxPipeline")
@@ -80,8 +81,9 @@ def pipeline_class(root: Path) -> str | None:
         return None
 
 
-def load_flux_folder(root: Path, dtype: torch.dtype = torch.float32) -> FluxComponents:
-    """Load a diffusers FLUX.1 Kontext / FLUX.1 folder's components (safetensors only)."""
+def load_flux_folder(root: Path, dtype: torch.dtype = torch.float32, load: LoadOptions | None = None) -> FluxComponents:
+    """Load a diffusers FLUX.1 Kontext / FLUX.1 folder's components (safetensors only); `load` quantizes the
+    transformer or reads it from a GGUF file (`lowmem`)."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel
 
     kind = pipeline_class(root)
@@ -89,8 +91,7 @@ def load_flux_folder(root: Path, dtype: torch.dtype = torch.float32) -> FluxComp
         if not (root / part).is_dir():
             raise ModelError(f"{root}: {part}/ missing from the {kind} folder")
     try:
-        transformer = FluxTransformer2DModel.from_pretrained(root / "transformer", use_safetensors=True,
-                                                             torch_dtype=dtype)
+        transformer = load_transformer(FluxTransformer2DModel, root / "transformer", load, dtype)
         vae = AutoencoderKL.from_pretrained(root / "vae", use_safetensors=True, torch_dtype=dtype)
         text = FluxTextEncoder.from_pretrained(root, dtype=dtype)
     except (OSError, ValueError) as exc:
