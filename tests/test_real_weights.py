@@ -191,7 +191,7 @@ def test_refine_an_image_and_a_missing_file(kontext_dir, tmp_path):
     base = RefineEngine(str(kontext_dir), "kontext")(collage, RefineSettings(steps=2))
     assert base.size == (64, 48)
     bad = cli("refine", str(tmp_path / "missing.png"), "--model", str(kontext_dir))
-    assert bad.returncode == 2 and "missing.png: cannot read" in bad.stderr
+    assert bad.returncode == 2 and "missing.png: file not found" in bad.stderr
 
 
 # ----------------------------------------------------------------------------------------------------------
