@@ -232,3 +232,59 @@ def write_gguf(state_dict: dict, path: Path, arch: str = "flux") -> tuple[int, i
     writer.write_tensors_to_file()
     writer.close()
     return quantized, len(state_dict)
+
+
+QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+"""Qwen3's chat template, reduced to what `Flux2KleinPipeline` uses (one user message, thinking switched off)."""
+
+
+def tiny_klein(seed: int = 0, distilled: bool = True):
+    """A Flux2KleinPipeline (FLUX.2 [klein]) with tiny random weights, built fully in code: a Qwen3 text encoder
+    deep enough for klein's hidden-state layers 9, 18 and 27, a Flux2 VAE (downsampling by 8, batch-norm
+    statistics set away from 0 and 1 so the normalisation shows) and a Flux2 transformer with 4-axis rope."""
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_qwen_tokenizer()
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
+    tid = tokenizer.convert_tokens_to_ids
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=27, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, max_position_embeddings=1024, rope_theta=1_000_000.0,
+        bos_token_id=tid("<|endoftext|>"), eos_token_id=tid("<|im_end|>"), pad_token_id=tid("<|endoftext|>"),
+        tie_word_embeddings=True,
+    ))
+    latent = 4
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=4 * latent, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=3 * 16, timestep_guidance_channels=32, mlp_ratio=3.0,
+        axes_dims_rope=(4, 4, 4, 4), rope_theta=2000, guidance_embeds=False,
+    )
+    vae = AutoencoderKLFlux2(
+        latent_channels=latent, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
+        use_quant_conv=False, use_post_quant_conv=False, mid_block_add_attention=False,
+    )
+    with torch.no_grad():
+        vae.bn.running_mean.copy_(torch.randn(4 * latent) * 0.3)
+        vae.bn.running_var.copy_(torch.rand(4 * latent) + 0.5)
+    scheduler = FlowMatchEulerDiscreteScheduler(  # klein's scheduler_config.json
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096, time_shift_type="exponential",
+    )
+    return Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                              transformer=transformer, is_distilled=distilled)
+
+
+def save_tiny_klein(folder: Path, seed: int = 0, distilled: bool = True) -> Path:
+    tiny_klein(seed, distilled).save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's, 28)")
     gen.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     gen.add_argument("--model", default=None,
-                     help="model name (demo, demo-collage, tiny-random) or directory (default: demo)")
+                     help="model name (demo, demo-collage, tiny-random) or directory (default: demo): ours, a FLUX.1 "
+                     "Kontext or a FLUX.2 [klein] folder; on a Kontext or klein base without a layered LoRA (--lora) "
+                     "the picture is the base model's guess at our conditioning")
     gen.add_argument("--mode", choices=MODES, default="layered",
                      help="conditioning: layered (pruned, default), unpruned, or collage (flattened)")
     gen.add_argument("--hard-lock", action="store_true",
@@ -169,18 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     ref = sub.add_parser("refine", help="refine a rough collage with an image-editing model",
                          description="Flatten a canvas (or take a collage image) and have an instruction "
-                         "image-editing model make it one natural picture (FLUX.1 Kontext, Qwen-Image-Edit, or "
-                         "demo-collage).")
+                         "image-editing model make it one natural picture (FLUX.1 Kontext, FLUX.2 [klein], "
+                         "Qwen-Image-Edit, or demo-collage).")
     ref.add_argument("source", metavar="CANVAS|IMAGE", help="canvas .json / .lcz, or a collage image")
     ref.add_argument("-o", "--output", default="refined.png")
     ref.add_argument("--model", default=None,
-                     help="FLUX.1 Kontext (backend kontext) or Qwen-Image-Edit(-Plus) (backend qwen) folder or "
-                     "cached hub id, or demo-collage (default)")
-    ref.add_argument("--backend", choices=("kontext", "qwen", "demo"), default=None,
-                     help="default: kontext for a FLUX.1 Kontext model, qwen for a Qwen-Image-Edit(-Plus) model, "
-                     "demo otherwise")
+                     help="FLUX.1 Kontext (backend kontext), FLUX.2 [klein] (backend klein) or "
+                     "Qwen-Image-Edit(-Plus) (backend qwen) folder or cached hub id, or demo-collage (default)")
+    ref.add_argument("--backend", choices=("kontext", "klein", "qwen", "demo"), default=None,
+                     help="default: kontext for a FLUX.1 Kontext model, klein for a FLUX.2 [klein] model, qwen for "
+                     "a Qwen-Image-Edit(-Plus) model, demo otherwise")
     ref.add_argument("--layers-as-references", action="store_true",
-                     help="qwen backend, Plus model: also pass each visible layer as a reference image")
+                     help="klein backend, or qwen with a Plus model: also pass each visible layer as a reference "
+                     "image (klein: up to its 4 images, the collage included)")
     ref.add_argument("--instruction", default=None, help="editing instruction (default: make it one photo)")
     ref.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]", help="LoRA file, repeatable")
     ref.add_argument("--trigger", default=None, help="trigger phrase to prepend (known collage LoRAs: automatic)")
@@ -685,7 +688,11 @@ def cmd_refine(args: argparse.Namespace) -> int:
         image = engine(source, settings, callback=lambda event: bar.update(1))
     finally:
         bar.close()
-    text = instruction_text(settings) if backend in ("kontext", "qwen") else (args.instruction or "(canvas prompt)")
+    from .refine import KLEIN_LAYOUT_NOTE, LAYOUT_NOTE
+
+    note = KLEIN_LAYOUT_NOTE if backend == "klein" else LAYOUT_NOTE
+    text = instruction_text(settings, note) if backend in ("kontext", "klein", "qwen") \
+        else (args.instruction or "(canvas prompt)")
     _save_image(image, output, metadata={"engine": "refine", "backend": backend, "model": model,
                                          "instruction": text, "seed": args.seed, "steps": args.steps})
     print(f"wrote {output} ({image.width}x{image.height}, refine/{backend}: {text!r})", file=sys.stderr)

@@ -30,6 +30,7 @@ from .errors import LayerComposerError, ModelError
 from .flow import FlowSchedule, add_noise
 from .models.denoiser import denoise
 from .models.flux import FLUX_PIPELINES, FluxTextEncoder, load_flux_folder, load_loras
+from .models.klein import KLEIN_PIPELINES
 from .models.lowmem import LoadOptions, is_quantized, load_transformer
 from .models.registry import ModelConfig, build_random, resolve_model
 from .models.text import ClipTextEncoder, TextEmbeddings, TextEncoder
@@ -161,6 +162,9 @@ class LayerComposerPipeline:
             index = json.loads((root / "model_index.json").read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ModelError(f"{root}/model_index.json: cannot read ({exc})") from None
+        if index.get("_class_name") in KLEIN_PIPELINES:
+            # A diffusers FLUX.2 [klein] folder: our conditioning on FLUX.2's ids (models/klein.py).
+            return KleinComposerPipeline.from_folder(root, load)
         if index.get("_class_name") in FLUX_PIPELINES:
             # A diffusers FLUX.1 Kontext folder: our conditioning on the real architecture.
             c = load_flux_folder(root, load=load)
@@ -457,3 +461,53 @@ class LayerComposerPipeline:
     def preview(self, tokens: torch.Tensor, grid: tuple[int, int]) -> Image.Image:
         """Decode intermediate latents (e.g. a StepEvent's `denoised`) for a progress preview."""
         return self.decode(tokens, grid)
+
+
+class KleinComposerPipeline(LayerComposerPipeline):
+    """`LayerComposerPipeline` on FLUX.2 [klein]: its transformer under FLUX.2's ids, its Qwen3 text encoder,
+    and its VAE's batch-norm-normalised 2x2-patch latents (`models.klein` documents the id mapping)."""
+
+    @classmethod
+    def from_folder(cls, root: Path, load: LoadOptions | None = None) -> KleinComposerPipeline:
+        """Load a diffusers `Flux2KleinPipeline` folder (`load`: --quantize / --gguf for its transformer)."""
+        from .models.klein import KleinSchedule, is_distilled, load_klein_parts
+
+        transformer, vae, text = load_klein_parts(root, load)
+        distilled = is_distilled(root)
+        # The pipeline's defaults: the distilled klein runs 4 steps without guidance, the base 50 with CFG 4.
+        return cls(transformer, vae, text, KleinSchedule(), 1.0 if distilled else 4.0, 4 if distilled else 50,
+                   name=root.name)
+
+    def _latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE's batch-norm mean and standard deviation per packed channel (4C: channel, then 2x2 patch)."""
+        bn = self.vae.bn
+        return bn.running_mean, torch.sqrt(bn.running_var + self.vae.config.batch_norm_eps)
+
+    @torch.no_grad()
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        vae = self.vae
+        vae_dtype = next(vae.parameters()).dtype
+        latents = vae.encode(pixels.to(self.device, vae_dtype)).latent_dist.mode()
+        # pack_latents orders each token's channels (c, ph, pw), as Flux2's `_patchify_latents`.
+        mean, std = self._latent_stats()
+        tokens = (pack_latents(latents) - mean.to(latents)) / std.to(latents)
+        return tokens.to(self.dtype)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, grid: tuple[int, int]) -> Image.Image:
+        vae = self.vae
+        vae_dtype = next(vae.parameters()).dtype
+        mean, std = self._latent_stats()
+        tokens = tokens.to(mean.device, torch.float32) * std.float() + mean.float()
+        pixels = vae.decode(unpack_latents(tokens, *grid).to(vae_dtype)).sample[0]
+        arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        raise ModelError("a FLUX.2 [klein] pipeline is saved as its diffusers folder and a LoRA, not as ours")
+
+    def load_loras(self, specs: list[str]) -> list[str]:
+        """Apply LoRA files through diffusers' FLUX.2 loader (`Flux2KleinPipeline.lora_state_dict`)."""
+        from .models.flux import load_loras as load
+
+        return load(self.transformer, specs, pipeline="Flux2KleinPipeline")

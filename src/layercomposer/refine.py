@@ -4,6 +4,8 @@ The canvas is flattened into a collage and handed to an instruction image-editin
 instruction to make it one natural picture. Backends:
 
 - ``kontext``: diffusers' ``FluxKontextPipeline`` (a FLUX.1 Kontext folder or cached hub id), one context image;
+- ``klein``: diffusers' ``Flux2KleinPipeline`` (a FLUX.2 [klein] folder): the collage as the edit image and,
+  with ``--layers-as-references``, the layers as further references up to klein's limit of 4 images;
 - ``qwen``: diffusers' ``QwenImageEditPipeline``, or ``QwenImageEditPlusPipeline`` for a Qwen-Image-Edit Plus
   folder (2509 / 2511), which can also take the canvas's layers as extra reference images;
 - ``demo``: our collage-conditioned model (``demo-collage``, or any of our model folders) in ``collage`` mode, so
@@ -43,7 +45,13 @@ KNOWN_TRIGGERS: dict[str, str] = {
 }
 """Collage LoRAs whose trigger phrase we know; the file name identifies them (``--trigger`` for others)."""
 
-BACKENDS = ("kontext", "qwen", "demo")
+BACKENDS = ("kontext", "klein", "qwen", "demo")
+
+KLEIN_LAYOUT_NOTE = (
+    "The first image is the layout: keep every element where it is and at its size. The other images show the "
+    "elements on their own, for their details."
+)
+"""The layout note for klein, whose pipeline does not number its reference images in the prompt."""
 
 QWEN_PIPELINES = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline")
 """diffusers pipeline folders the ``qwen`` backend loads (Qwen-Image-Edit, and the Plus 2509 / 2511 models)."""
@@ -97,6 +105,20 @@ def reference_images(canvas: Canvas, max_ratio: float = 4.0) -> list[Image.Image
     return refs
 
 
+KLEIN_MIN_SIDE = 64
+"""The smallest side `Flux2KleinPipeline` accepts in an input image (its `check_image_input`)."""
+
+
+def at_least(image: Image.Image, side: int) -> Image.Image:
+    """`image` enlarged (aspect kept) until both sides are at least `side` px; as it is when they are."""
+    short = min(image.size)
+    if short >= side:
+        return image
+    scale = side / short
+    return image.resize((max(side, round(image.width * scale)), max(side, round(image.height * scale))),
+                        Image.Resampling.LANCZOS)
+
+
 def trigger_for(loras: list[str], explicit: str | None) -> str | None:
     """The trigger phrase to prepend: the explicit one, else that of a known collage LoRA among `loras`."""
     if explicit:
@@ -109,7 +131,7 @@ def trigger_for(loras: list[str], explicit: str | None) -> str | None:
     return None
 
 
-def instruction_text(settings: RefineSettings) -> str:
+def instruction_text(settings: RefineSettings, note: str = LAYOUT_NOTE) -> str:
     """The instruction an editing model gets: trigger phrase, instruction, and the layout note with references."""
     text = settings.instruction or DEFAULT_INSTRUCTION
     trigger = trigger_for(settings.loras, settings.trigger)
@@ -117,7 +139,7 @@ def instruction_text(settings: RefineSettings) -> str:
         text = f"{trigger}, {text[0].lower()}{text[1:]}"
     if settings.layers_as_references:
         # After the instruction, so that a LoRA's trigger phrase stays first.
-        text = f"{text} {LAYOUT_NOTE}"
+        text = f"{text} {note}"
     return text
 
 
@@ -128,6 +150,8 @@ def auto_backend(resolved: Any) -> str:
     kind = pipeline_class(resolved) if isinstance(resolved, Path) else None
     if kind == "FluxKontextPipeline":
         return "kontext"
+    if kind == "Flux2KleinPipeline":
+        return "klein"
     return "qwen" if kind in QWEN_PIPELINES else "demo"
 
 
@@ -154,6 +178,7 @@ class RefineEngine:
         resolved = resolve_model(model)
         kind = None if isinstance(resolved, ModelConfig) else pipeline_class(resolved)
         self.plus = kind == "QwenImageEditPlusPipeline"
+        self.kind = kind
         dtype = torch.bfloat16 if self.device != "cpu" else torch.float32
         if backend == "kontext":
             if kind != "FluxKontextPipeline":
@@ -168,6 +193,23 @@ class RefineEngine:
             self.pipe.set_progress_bar_config(disable=True)
             load_loras(self.pipe.transformer, list(loras))
             set_attention_backend(self.pipe.transformer, attention_backend)
+        elif backend == "klein":
+            if kind != "Flux2KleinPipeline":
+                raise ModelError(f"--backend klein needs a FLUX.2 [klein] model folder, got {model!r} ({kind})")
+            from diffusers import Flux2KleinPipeline, Flux2Transformer2DModel
+
+            parts = {"transformer": load_transformer(Flux2Transformer2DModel, resolved / "transformer", load, dtype)} \
+                if load.active else {}
+            try:
+                self.pipe = Flux2KleinPipeline.from_pretrained(str(resolved), torch_dtype=dtype, use_safetensors=True,
+                                                               **parts)
+            except (OSError, ValueError) as exc:
+                raise ModelError(f"{resolved}: cannot load the Flux2KleinPipeline ({str(exc).splitlines()[0]})") \
+                    from None
+            offload_diffusers_pipeline(self.pipe, offload, self.device)
+            self.pipe.set_progress_bar_config(disable=True)
+            load_loras(self.pipe.transformer, list(loras), pipeline="Flux2KleinPipeline")
+            set_attention_backend(self.pipe.transformer, attention_backend)
         elif backend == "qwen":
             if kind not in QWEN_PIPELINES:
                 raise ModelError(f"--backend qwen needs a Qwen-Image-Edit (or Qwen-Image-Edit Plus) model folder, "
@@ -179,7 +221,7 @@ class RefineEngine:
             load_qwen_loras(self.pipe, list(loras))
             set_attention_backend(self.pipe.transformer, attention_backend)
         else:
-            if kind in FLUX_PIPELINES or kind in QWEN_PIPELINES:
+            if kind in FLUX_PIPELINES or kind in QWEN_PIPELINES or kind == "Flux2KleinPipeline":
                 raise ModelError(f"--backend demo takes our own models (demo-collage); {model!r} is a {kind}")
             from .pipeline import LayerComposerPipeline
 
@@ -199,9 +241,9 @@ class RefineEngine:
         collage = collage_of(source)
         w, h = (collage.width // 16) * 16, (collage.height // 16) * 16
         if settings.layers_as_references:
-            if self.backend != "qwen" or not self.plus:
+            if self.backend != "klein" and (self.backend != "qwen" or not self.plus):
                 raise LayerComposerError(f"--layers-as-references needs --backend qwen with a Qwen-Image-Edit Plus "
-                                         f"model (2509 / 2511); {self.model!r} is not one")
+                                         f"model (2509 / 2511), or --backend klein; {self.model!r} is neither")
             if not isinstance(source, Canvas):
                 raise LayerComposerError("--layers-as-references needs a canvas (an image has no layers)")
         on_step = _diffusers_callback(callback, settings.steps) if callback else None
@@ -211,6 +253,21 @@ class RefineEngine:
                 image=collage, prompt=instruction_text(settings), num_inference_steps=settings.steps,
                 guidance_scale=2.5 if settings.guidance is None else settings.guidance, width=w, height=h,
                 max_area=w * h, _auto_resize=False, generator=generator, callback_on_step_end=on_step,
+            )
+            return out.images[0]
+        if self.backend == "klein":
+            from .models.klein import MAX_REFERENCES
+
+            images = [collage]
+            if settings.layers_as_references:
+                # The collage first; then the layers back to front, as many as klein takes.
+                images += [at_least(ref, KLEIN_MIN_SIDE) for ref in reference_images(source)[: MAX_REFERENCES - 1]]
+            distilled = bool(self.pipe.config.get("is_distilled", False))
+            guidance = (1.0 if distilled else 4.0) if settings.guidance is None else settings.guidance
+            out = self.pipe(
+                image=images if len(images) > 1 else collage, prompt=instruction_text(settings, KLEIN_LAYOUT_NOTE),
+                num_inference_steps=settings.steps, guidance_scale=guidance, width=w, height=h, generator=generator,
+                callback_on_step_end=on_step,
             )
             return out.images[0]
         if self.backend == "qwen":

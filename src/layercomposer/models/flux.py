@@ -126,20 +126,22 @@ def _is_float(text: str) -> bool:
     return True
 
 
-def load_loras(transformer: Any, specs: list[str]) -> list[str]:
-    """Load LoRA files into a FLUX transformer through diffusers' FLUX loader (converts kohya keys).
+def load_loras(transformer: Any, specs: list[str], pipeline: str = "FluxKontextPipeline") -> list[str]:
+    """Load LoRA files into a FLUX transformer through diffusers' loader of `pipeline` (FLUX.1's converts kohya
+    keys; "Flux2KleinPipeline" for FLUX.2).
 
     Returns the adapter names; they are activated with their scales together.
     """
     if not specs:
         return []
-    from diffusers import FluxKontextPipeline
+    import diffusers
 
+    loader = getattr(diffusers, pipeline)
     names, weights = [], []
     for i, spec in enumerate(specs):
         path, scale = parse_lora_spec(spec)
         try:
-            state = FluxKontextPipeline.lora_state_dict(str(path))
+            state = loader.lora_state_dict(str(path))
         except (OSError, ValueError, KeyError) as exc:
             reason = str(exc).splitlines()[0]
             raise ModelError(f"--lora {spec}: not a LoRA file diffusers can read ({reason})") from None

@@ -103,9 +103,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="folder of scenes (DESIGN.md section 4 format)")
     parser.add_argument("--output", required=True, help="run folder: checkpoints, metrics, final model")
     parser.add_argument("--model", default=d.model, help="base: a registered config (random init) or a model dir")
-    parser.add_argument("--base", default=None, metavar="KONTEXT_DIR",
-                        help="train a LoRA on this FLUX.1 Kontext folder with the paper's preset (rank 512, lr 1e-4, "
-                        "512 px, bf16, gradient checkpointing); flags given explicitly still win")
+    parser.add_argument("--base", default=None, metavar="KONTEXT_OR_KLEIN_DIR",
+                        help="train a LoRA on this FLUX.1 Kontext or FLUX.2 [klein] folder with the paper's preset "
+                        "(rank 512, lr 1e-4, 512 px, bf16, gradient checkpointing); flags given explicitly still win")
     parser.add_argument("--resolution", type=int, default=None, help="train at this square size (px)")
     parser.add_argument("--vae", default=None, help="AutoencoderKL folder replacing the base's VAE (frozen)")
     parser.add_argument("--mode", default=d.mode, choices=MODES, help="conditioning mode (collage = ablation)")

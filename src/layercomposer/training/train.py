@@ -87,7 +87,8 @@ class Trainer:
 
             transformer.add_adapter(LoraConfig(
                 r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank, init_lora_weights="gaussian",
-                target_modules=list(LORA_TARGETS),
+                # FLUX.2 [klein] names its own (models/klein.py: the single blocks' fused projections too).
+                target_modules=getattr(transformer, "lora_targets", list(LORA_TARGETS)),
             ))
         else:
             transformer.requires_grad_(True)
@@ -320,11 +321,13 @@ class Trainer:
     def _export(self) -> Path:
         transformer = self.accelerator.unwrap_model(self.transformer)
         if self.cfg.lora_rank > 0:
-            from diffusers import FluxKontextPipeline
+            import diffusers
             from peft.utils import get_peft_model_state_dict
 
             out = self.cfg.run / "lora"
-            FluxKontextPipeline.save_lora_weights(
+            # The file diffusers' own pipeline of the base loads with `load_lora_weights`.
+            pipeline = "Flux2KleinPipeline" if getattr(transformer, "layered_klein", False) else "FluxKontextPipeline"
+            getattr(diffusers, pipeline).save_lora_weights(
                 out, transformer_lora_layers=get_peft_model_state_dict(transformer), safe_serialization=True
             )
             return out
