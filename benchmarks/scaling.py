@@ -225,6 +225,11 @@ def write_report(folder: Path, out: Path) -> Path:
     fig.savefig(plot)
     plt.close(fig)
     lines += ["![scaling](figures/scaling.png)", "", *NOTES]
+    # benchmarks/gpu_check.py owns the section between its markers: keep it.
+    old = out.read_text() if out.is_file() else ""
+    start, end = "<!-- gpu-check:start -->", "<!-- gpu-check:end -->"
+    if start in old and end in old:
+        lines += ["", start + old.split(start, 1)[1].split(end, 1)[0] + end, ""]
     out.write_text("\n".join(lines))
     return out
 
