@@ -217,3 +217,39 @@ def test_serve_loads_its_model_with_the_flags(kontext_dir, gguf_file, tmp_path, 
     assert any(getattr(m, "_diffusers_hook", None) is not None for m in pipe.transformer.modules())
     plain = cli_module.build_parser().parse_args(["serve", "--model", str(kontext_dir), "--outputs", str(tmp_path)])
     assert cli_module.cmd_serve(plain) == 0 and seen["loader"] is None  # no flags: the server's own loader
+
+
+def test_train_a_lora_on_an_int8_base(kontext_dir, tmp_path):
+    """A quantized frozen base with a bf16 LoRA (the known trainers' memory path): it trains, checkpoints, resumes,
+    and its LoRA file is diffusers' (it loads into the float32 base through --lora)."""
+    from torchao.quantization import Int8Tensor
+
+    from layercomposer.errors import LayerComposerError
+    from layercomposer.pipeline import LayerComposerPipeline
+    from layercomposer.training.config import TrainConfig, add_train_arguments, train_config_from_args
+    from layercomposer.training.train import train
+    from layercomposer.world import generate_dataset
+
+    scenes = tmp_path / "scenes"
+    generate_dataset(scenes, 3, seed=2, size=128)
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    argv = ["--data", str(scenes), "--output", str(tmp_path / "run"), "--model", str(kontext_dir), "--quantize",
+            "int8", "--lora-rank", "4", "--steps", "2", "--batch-size", "2", "--resolution", "64", "--lr", "2e-2",
+            "--warmup", "0", "--save-every", "2"]
+    cfg = train_config_from_args(parser.parse_args(argv))
+    assert cfg.mixed_precision == "bf16"  # implied by --quantize
+    trainer = train(cfg, progress=False)
+    to_q = trainer.pipe.transformer.transformer_blocks[0].attn.to_q
+    assert isinstance(to_q.base_layer.weight, Int8Tensor)  # peft's LoRA around torchao's int8 linear
+    lora = [p for n, p in trainer.pipe.transformer.named_parameters() if p.requires_grad]
+    assert lora and all(p.dtype == torch.bfloat16 for p in lora)
+    resumed = train(TrainConfig(**{**cfg.__dict__, "steps": 3}), progress=False)  # from the step-2 checkpoint
+    assert resumed.step_index == 3
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
+    pipe = LayerComposerPipeline.from_pretrained(kontext_dir)
+    assert pipe.load_loras([str(tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors")]) == ["lora0"]
+    with pytest.raises(LayerComposerError, match="train a LoRA"):
+        train_config_from_args(parser.parse_args([a for a in argv if a not in ("--lora-rank", "4")]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from ..conditioning import MODES, PRUNE_RULES
@@ -38,6 +38,10 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     lora_rank: int = 0
     lora_alpha: float | None = None
+    quantize: str | None = None
+    """Load the frozen base transformer quantized (int8, fp8, nf4; `models.lowmem`): a LoRA run's memory path."""
+    gguf: str | None = None
+    """Read the frozen base transformer from this GGUF file (a LoRA run)."""
     train_text_encoder: bool = False
     prompt_dropout: float = 0.1
     guidance: float = 1.0
@@ -131,6 +135,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
     parser.add_argument("--lora-rank", type=int, default=0, help="LoRA rank on the attention projections; 0 = full")
     parser.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
+    parser.add_argument("--quantize", choices=("int8", "fp8", "nf4"), default=None,
+                        help="LoRA runs: load the frozen base transformer quantized (torchao int8 runs on a CPU too; "
+                        "fp8 and nf4 need CUDA); the LoRA trains in bf16 (--mixed-precision bf16 is implied)")
+    parser.add_argument("--gguf", default=None, metavar="FILE",
+                        help="LoRA runs: read the frozen base transformer from this GGUF file")
     parser.add_argument("--train-text-encoder", action="store_true", help="also train the text encoder (full)")
     parser.add_argument("--prompt-dropout", type=float, default=d.prompt_dropout, help="chance of an empty prompt")
     parser.add_argument("--guidance", type=float, default=d.guidance, help="guidance embedding value, if any")
@@ -171,6 +180,10 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     if not 0 <= aligned <= 1:
         raise LayerComposerError(f"--aligned-unlocked: a chance in [0, 1], got {aligned}")
     cfg = TrainConfig(**values, sampling=SamplingConfig(p_aligned_unlocked=aligned))
+    if (cfg.quantize or cfg.gguf) and cfg.lora_rank < 1:
+        raise LayerComposerError("--quantize / --gguf: a quantized base stays frozen; train a LoRA (--lora-rank R)")
+    if cfg.quantize and cfg.mixed_precision == "no":
+        cfg = replace(cfg, mixed_precision="bf16")  # quantized weights compute in bf16
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
         raise LayerComposerError("--steps, --batch-size and --grad-accum must be positive")
     if cfg.warmup < 0:

@@ -67,12 +67,17 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
         # 1. Models: a registered config starts from random weights (seeded); a directory from its weights.
+        from ..models.lowmem import LoadOptions
         from ..models.registry import REGISTRY
 
+        load = LoadOptions(quantize=cfg.quantize, gguf=cfg.gguf)
         if cfg.model in REGISTRY:
+            if load.active:
+                raise LayerComposerError("--quantize / --gguf: need a model folder (a FLUX.1 Kontext or FLUX.2 "
+                                         f"[klein] base), not the registered config {cfg.model!r}")
             pipe = LayerComposerPipeline.from_config(REGISTRY[cfg.model], seed=cfg.seed)
         else:
-            pipe = LayerComposerPipeline.from_pretrained(cfg.model)
+            pipe = LayerComposerPipeline.from_pretrained(cfg.model, load=load)
         if cfg.vae:
             pipe.vae = AutoencoderKL.from_pretrained(cfg.vae, use_safetensors=True, torch_dtype=torch.float32)
             pipe.vae.eval().requires_grad_(False)
@@ -80,6 +85,7 @@ class Trainer:
         self.rules = pipe.rules
         self.merge_locked = self.rules.merge_locked
         self.pipe = pipe
+        self.quantized_base = load.active
         transformer = pipe.transformer
         use_padded_batch_attention(transformer)
         if cfg.lora_rank > 0:
@@ -282,7 +288,8 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         path = self.checkpoint_root / f"step-{self.step_index:07d}"
-        self.accelerator.save_state(str(path), safe_serialization=True)
+        # safetensors cannot hold a quantized base's tensor subclasses (torchao, GGUF): pickle those checkpoints.
+        self.accelerator.save_state(str(path), safe_serialization=not self.quantized_base)
         if self.accelerator.is_main_process:
             if self.ema is not None:
                 self.ema.save(path / EMA_FILE)
