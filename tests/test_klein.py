@@ -4,10 +4,13 @@ padded training batches, generate / refine / train through the CLI, and the trai
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -50,6 +53,17 @@ def canvas_file(tmp_path_factory):
 
 
 def cli(*args):
+    """The command in this process (its stderr captured): the import cost of a fresh process is paid once."""
+    from layercomposer.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return SimpleNamespace(returncode=code, stderr=err.getvalue())
+
+
+def console(*args):
+    """The command as users run it, `python -m layercomposer` in a fresh process."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "layercomposer", *args], capture_output=True, text=True,
                           timeout=300, env=env)
@@ -177,7 +191,7 @@ def test_padded_klein_batch_equals_each_sample_alone(pipe):
 
 def test_generate_and_refine_through_the_cli(klein_dir, canvas_file, tmp_path):
     out = tmp_path / "layered.png"
-    r = cli("generate", str(canvas_file), "--model", str(klein_dir), "--steps", "2", "-o", str(out))
+    r = console("generate", str(canvas_file), "--model", str(klein_dir), "--steps", "2", "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert Image.open(out).size == (80, 64) and "[layered]" in r.stderr and pixels(out).std() > 0
 

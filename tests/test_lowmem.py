@@ -3,10 +3,13 @@ diffusers' group offloading, the attention-backend flag; the CUDA-only back-ends
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -46,6 +49,17 @@ def canvas_file(tmp_path_factory):
 
 
 def cli(*args):
+    """The command in this process (its stderr captured): the import cost of a fresh process is paid once."""
+    from layercomposer.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return SimpleNamespace(returncode=code, stderr=err.getvalue())
+
+
+def console(*args):
+    """The command as users run it, `python -m layercomposer` in a fresh process."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "layercomposer", *args], capture_output=True, text=True,
                           timeout=300, env=env)
@@ -149,9 +163,15 @@ def test_group_offload_gives_the_same_picture(kontext_dir, canvas_file, plain, t
 
 
 def test_attention_backend_flag(kontext_dir, canvas_file, plain, tmp_path):
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
     out = tmp_path / "math.png"
-    r = cli("generate", str(canvas_file), "--model", str(kontext_dir), "--steps", "2", "--attention-backend",
-            "_native_math", "-o", str(out))
+    active = _AttentionBackendRegistry.get_active_backend()[0]
+    try:
+        r = cli("generate", str(canvas_file), "--model", str(kontext_dir), "--steps", "2", "--attention-backend",
+                "_native_math", "-o", str(out))
+    finally:
+        _AttentionBackendRegistry.set_active_backend(active)  # diffusers sets it process-wide
     assert r.returncode == 0, r.stderr
     assert np.abs(pixels(out) - pixels(plain)).max() <= 1
     bad = cli("generate", str(canvas_file), "--model", str(kontext_dir), "--attention-backend", "nonsense",
@@ -161,8 +181,8 @@ def test_attention_backend_flag(kontext_dir, canvas_file, plain, tmp_path):
 
 @pytest.mark.skipif(CUDA, reason="checks the CPU refusal; CUDA machines run the back-ends themselves below")
 def test_cuda_only_quantization_is_a_one_line_error_on_a_cpu(kontext_dir, canvas_file, tmp_path):
-    r = cli("generate", str(canvas_file), "--model", str(kontext_dir), "--quantize", "nf4",
-            "-o", str(tmp_path / "x.png"))
+    r = console("generate", str(canvas_file), "--model", str(kontext_dir), "--quantize", "nf4",
+                "-o", str(tmp_path / "x.png"))  # a fresh process: nothing else on stderr (torchao's import noise)
     assert r.returncode == 2 and "--quantize nf4 needs a CUDA GPU" in r.stderr and "\n" not in r.stderr.strip()
     from layercomposer.models.lowmem import quantization_config
 
