@@ -269,3 +269,26 @@ def test_train_a_layered_lora_on_klein(klein_dir, canvas_file, tmp_path):
             "--lora", f"{lora}:1.5")
     assert r.returncode == 0, r.stderr
     assert np.abs(pixels(base) - pixels(tuned)).max() > 0
+
+
+def test_klein_with_int8_gguf_and_group_offload(pipe, klein_dir, canvas_file, tmp_path):
+    """The low-memory flags on the klein base: an int8 or GGUF (Q8_0, written here) transformer draws nearly the
+    float picture, and group offloading draws exactly it (on a CPU)."""
+    from safetensors.torch import load_file
+
+    from layercomposer.canvas import load_canvas
+    from layercomposer.models.lowmem import LoadOptions
+    from layercomposer.pipeline import LayerComposerPipeline
+    from tiny_models import write_gguf
+
+    canvas = load_canvas(canvas_file)
+    reference = np.asarray(pipe(canvas, num_inference_steps=2), int)
+    gguf = tmp_path / "klein-tiny-Q8_0.gguf"
+    write_gguf(load_file(klein_dir / "transformer" / "diffusion_pytorch_model.safetensors"), gguf)
+    for load in (LoadOptions(quantize="int8"), LoadOptions(gguf=str(gguf))):
+        low = LayerComposerPipeline.from_pretrained(klein_dir, load=load)
+        assert low.transformer.is_quantized and getattr(low.transformer, "layered_klein", False)
+        image = np.asarray(low(canvas, num_inference_steps=2), int)
+        assert 0 < np.abs(image - reference).mean() < 8, load
+    grouped = LayerComposerPipeline.from_pretrained(klein_dir).enable_group_offload("cpu")
+    assert np.array_equal(np.asarray(grouped(canvas, num_inference_steps=2), int), reference)
