@@ -292,3 +292,12 @@ def test_klein_with_int8_gguf_and_group_offload(pipe, klein_dir, canvas_file, tm
         assert 0 < np.abs(image - reference).mean() < 8, load
     grouped = LayerComposerPipeline.from_pretrained(klein_dir).enable_group_offload("cpu")
     assert np.array_equal(np.asarray(grouped(canvas, num_inference_steps=2), int), reference)
+
+
+def test_klein_full_training_is_refused(klein_dir, tmp_path):
+    from layercomposer.errors import LayerComposerError
+    from layercomposer.training.config import TrainConfig
+    from layercomposer.training.train import Trainer
+
+    with pytest.raises(LayerComposerError, match="trains a LoRA"):
+        Trainer(TrainConfig(data=str(tmp_path), output=str(tmp_path / "run"), model=str(klein_dir), lora_rank=0))

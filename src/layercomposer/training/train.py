@@ -87,6 +87,9 @@ class Trainer:
         self.pipe = pipe
         self.quantized_base = load.active
         transformer = pipe.transformer
+        if getattr(transformer, "layered_klein", False) and cfg.lora_rank < 1:
+            raise LayerComposerError("a FLUX.2 [klein] base trains a LoRA (--lora-rank R); its full weights are not "
+                                     "exported in our format")
         use_padded_batch_attention(transformer)
         if cfg.lora_rank > 0:
             from peft import LoraConfig
