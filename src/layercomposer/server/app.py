@@ -195,30 +195,49 @@ class CutoutOut(BaseModel):
     seconds: float
 
 
-def return_big_buffers_to_the_system(threshold: int = 4 * 1024 * 1024) -> bool:
-    """Have glibc serve every allocation of `threshold` bytes or more with its own mmap, so that freeing it
-    gives the memory back to the system at once. By default glibc raises that threshold to the size of the
-    largest block freed so far, after which decoded images (Pillow allocates them in 16 MB blocks) and
-    full-canvas renders come from the heaps of the worker threads and stay resident after they are freed: a
-    bounded cache then still left the server hundreds of MB larger per thread. True where it applied."""
+def _libc_malloc_trim() -> Callable[[], Any] | None:
+    """glibc's malloc_trim(0), or None where there is none (macOS, musl)."""
     import ctypes
     import ctypes.util
     import sys
 
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD (fixed from then on)
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
-        return False  # not glibc (musl has no mallopt): nothing to tune
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0)
+
+
+class ReleaseFreedMemory:
+    """After each request that may have decoded or rendered big images (a POST under /api/), hand the memory
+    it freed back to the system (glibc's malloc_trim).
+
+    glibc keeps freed memory in the heap of the thread that freed it, and once a 16 MB block (Pillow's unit
+    for image pixels) has been freed it serves blocks of that size from those heaps: each worker thread that
+    decoded a 40 MP upload then stays about 160 MB larger, whatever the bounded caches drop. Trimming after
+    the request costs a few milliseconds, off the request's own time; sampling is not touched (mmapping every
+    big block instead made generation 20-40% slower)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.trim = _libc_malloc_trim()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if (self.trim is not None and scope["type"] == "http" and scope.get("method") == "POST"
+                    and scope.get("path", "").startswith("/api/")):
+                await asyncio.to_thread(self.trim)
 
 
 def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
     """The FastAPI application; `load_pipeline` (for tests) replaces loading `settings.model`."""
     if settings.token is not None and not settings.token:
         raise LayerComposerError("token: must not be empty (leave it out for no token)")
-    return_big_buffers_to_the_system()
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -229,8 +248,9 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
                   default_response_class=SafeJSONResponse, docs_url=None, redoc_url=None,
                   description="Compose a layered canvas and render it. Images are uploaded once "
                   "(POST /api/images) and referred to by id in canvas JSON.")
+    app.add_middleware(ReleaseFreedMemory)
     app.add_middleware(Guard, token=settings.token, max_body=settings.max_upload_bytes,
-                       allowed_hosts=settings.allowed_hosts)
+                       allowed_hosts=settings.allowed_hosts)  # added last: runs first
     outputs = settings.outputs
     store = ImageStore(outputs / "uploads", settings.image_cache_bytes)
 
