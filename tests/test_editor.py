@@ -503,3 +503,18 @@ def test_api_docs_render_offline(server, browser):
     assert "POST /api/jobs" in page.locator("#routes").text_content()
     assert not outside
     page.close()
+
+
+def test_token_budget_warns_above_the_servers_limit(server, browser, images):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(server + "/")
+    page.wait_for_function("window.layercomposer !== undefined")
+    page.locator("#new-project").click()
+    page.set_input_files("#add-image", images[:1])
+    page.wait_for_function("window.layercomposer.state.canvas.layers.length === 1")
+    page.wait_for_function("document.getElementById('token-budget').textContent.includes('kept')")
+    assert "above this server's limit" not in page.locator("#token-budget").text_content()
+    page.evaluate("window.layercomposer.state.setSize(4096, 4096)")  # 65536 noisy tokens, limit 16384
+    page.wait_for_function("document.getElementById('token-budget').textContent.includes('limit of 16384')")
+    assert "error" in (page.locator("#token-budget").get_attribute("class") or "")
+    page.close()

@@ -384,6 +384,7 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
         return {"status": "ok" if jobs.pipeline_error is None else "error", "version": __version__,
                 "model": settings.model, "model_ready": jobs.ready, "model_error": jobs.pipeline_error,
                 "queued": jobs.queued(), "max_queue": settings.max_queue, "auth": bool(settings.token),
+                "max_tokens": settings.max_tokens,
                 "refine_model": settings.refine_model,
                 "defaults": {"steps": pipe.default_steps, "guidance": pipe.guidance_scale} if pipe else None}
 

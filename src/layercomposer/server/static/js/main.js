@@ -233,7 +233,10 @@ const refreshTokens = debounce(async () => {
   }
   try {
     tokenStats = await api.tokens(state.document());
-    $("token-budget").textContent = `tokens: ${tokenStats.total} kept · ${tokenStats.unpruned_total} unpruned`;
+    const all = tokenStats.total + tokenStats.noisy;
+    $("token-budget").textContent = `tokens: ${tokenStats.total} kept · ${tokenStats.unpruned_total} unpruned`
+      + (maxTokens && all > maxTokens ? ` · ${all} with the noisy ones, above this server's limit of ${maxTokens}` : "");
+    $("token-budget").classList.toggle("error", !!maxTokens && all > maxTokens);
     $("token-budget").title = `Kept conditioning tokens after transparent latent pruning (${tokenStats.total}); every cell of every layer would be ${tokenStats.unpruned_total}; a flattened collage ${tokenStats.collage_total}. Grid ${tokenStats.grid[0]}×${tokenStats.grid[1]} cells of 16 px.`;
   } catch (err) {
     tokenStats = null;
@@ -511,9 +514,15 @@ async function loadLibrary() {
   }
 }
 
+let maxTokens = null; // the server's --max-tokens: a bigger canvas is refused on Generate
+
 async function checkServer() {
   try {
     const h = await api.health();
+    if (h.max_tokens !== maxTokens) {
+      maxTokens = h.max_tokens;
+      refreshTokens();
+    }
     status($("server-status"), h.model_ready ? `model: ${h.model}` : h.model_error ? `model failed: ${h.model_error}` : `loading ${h.model}…`, !!h.model_error);
     const refine = $("mode").querySelector("option[value='refine']");
     refine.disabled = !h.refine_model;
