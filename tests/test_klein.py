@@ -224,10 +224,13 @@ def test_refine_passes_layers_within_klein_limit(klein_dir, canvas_file):
     engine.pipe.config = config
     canvas = load_canvas(canvas_file)
     engine(canvas, RefineSettings(steps=2, layers_as_references=True, instruction="Blend."))
-    collage, red, blue, green = seen["image"]  # 4 subject layers, but klein takes 4 images: collage + 3
-    assert collage.size == (80, 64) and red.getpixel((0, 0)) == (200, 30, 30)
-    assert red.size == (64, 64) and blue.size == (128, 64)  # enlarged to klein's 64 px minimum side, aspect kept
-    assert green.getpixel((0, 0)) == (30, 200, 30)
+    collage, blue, green, yellow = seen["image"]  # the unlocked layers only (red is locked)
+    assert collage.size == (80, 64) and blue.getpixel((0, 0)) == (30, 30, 200)
+    assert blue.size == (128, 64) and green.size == (64, 128)  # enlarged to klein's 64 px minimum side, aspect kept
+    assert yellow.getpixel((0, 0)) == (200, 200, 30)
+    canvas.layers[1].locked = False  # red unlocked too: 4 unlocked layers, but klein takes 4 images, collage + 3
+    engine(canvas, RefineSettings(steps=2, layers_as_references=True, instruction="Blend."))
+    assert [im.getpixel((0, 0)) for im in seen["image"][1:]] == [(200, 30, 30), (30, 30, 200), (30, 200, 30)]
     assert seen["prompt"] == f"Blend. {KLEIN_LAYOUT_NOTE}" and seen["guidance_scale"] == 1.0
     engine(canvas, RefineSettings(steps=2))
     assert isinstance(seen["image"], Image.Image)  # without the flag: the collage alone

@@ -182,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="default: kontext for a FLUX.1 Kontext model, klein for a FLUX.2 [klein] model, qwen for "
                      "a Qwen-Image-Edit(-Plus) model, demo otherwise")
     ref.add_argument("--layers-as-references", action="store_true",
-                     help="klein backend, or qwen with a Plus model: also pass each visible layer as a reference "
-                     "image (klein: up to its 4 images, the collage included)")
+                     help="qwen backend with a Plus model: also pass each visible layer as a reference image; klein "
+                     "backend: each unlocked layer, up to klein's 4 images (the collage included)")
     ref.add_argument("--instruction", default=None, help="editing instruction (default: make it one photo)")
     ref.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]", help="LoRA file, repeatable")
     ref.add_argument("--trigger", default=None, help="trigger phrase to prepend (known collage LoRAs: automatic)")

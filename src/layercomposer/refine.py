@@ -5,7 +5,7 @@ instruction to make it one natural picture. Backends:
 
 - ``kontext``: diffusers' ``FluxKontextPipeline`` (a FLUX.1 Kontext folder or cached hub id), one context image;
 - ``klein``: diffusers' ``Flux2KleinPipeline`` (a FLUX.2 [klein] folder): the collage as the edit image and,
-  with ``--layers-as-references``, the layers as further references up to klein's limit of 4 images;
+  with ``--layers-as-references``, the unlocked layers as further references up to klein's limit of 4 images;
 - ``qwen``: diffusers' ``QwenImageEditPipeline``, or ``QwenImageEditPlusPipeline`` for a Qwen-Image-Edit Plus
   folder (2509 / 2511), which can also take the canvas's layers as extra reference images;
 - ``demo``: our collage-conditioned model (``demo-collage``, or any of our model folders) in ``collage`` mode, so
@@ -82,11 +82,12 @@ def collage_of(source: Canvas | Image.Image) -> Image.Image:
     return source.convert("RGB")
 
 
-def reference_images(canvas: Canvas, max_ratio: float = 4.0) -> list[Image.Image]:
-    """Each visible non-background layer cropped to its content and composited on white, back to front."""
+def reference_images(canvas: Canvas, max_ratio: float = 4.0, unlocked_only: bool = False) -> list[Image.Image]:
+    """Each visible non-background layer (only the unlocked ones with `unlocked_only`) cropped to its content and
+    composited on white, back to front."""
     refs = []
     for layer in canvas.visible_layers():
-        if layer.is_background:
+        if layer.is_background or (unlocked_only and layer.locked):
             continue
         # The layer's own image, not its rendering: the collage already carries placement, scale and rotation,
         # and a layer shrunk on the canvas keeps all its detail here (the pipeline resizes every image anyway).
@@ -260,8 +261,10 @@ class RefineEngine:
 
             images = [collage]
             if settings.layers_as_references:
-                # The collage first; then the layers back to front, as many as klein takes.
-                images += [at_least(ref, KLEIN_MIN_SIDE) for ref in reference_images(source)[: MAX_REFERENCES - 1]]
+                # The collage first; then the unlocked layers back to front (the locked ones are to be kept as the
+                # collage shows them), as many as klein takes.
+                refs = reference_images(source, unlocked_only=True)[: MAX_REFERENCES - 1]
+                images += [at_least(ref, KLEIN_MIN_SIDE) for ref in refs]
             distilled = bool(self.pipe.config.get("is_distilled", False))
             guidance = (1.0 if distilled else 4.0) if settings.guidance is None else settings.guidance
             out = self.pipe(
