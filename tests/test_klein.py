@@ -275,19 +275,23 @@ def test_train_a_layered_lora_on_klein(klein_dir, canvas_file, tmp_path):
 
 
 def test_klein_with_int8_gguf_and_group_offload(pipe, klein_dir, canvas_file, tmp_path):
-    """The low-memory flags on the klein base: an int8 or GGUF (Q8_0, written here) transformer draws nearly the
-    float picture, and group offloading draws exactly it (on a CPU)."""
+    """The low-memory flags on the klein base: an int8 or GGUF (Q8_0, written here in BFL's key layout, which
+    diffusers converts on load) transformer draws nearly the float picture, and group offloading draws exactly it
+    (on a CPU)."""
     from safetensors.torch import load_file
 
     from layercomposer.canvas import load_canvas
     from layercomposer.models.lowmem import LoadOptions
     from layercomposer.pipeline import LayerComposerPipeline
-    from tiny_models import write_gguf
+    from tiny_models import flux2_to_bfl, write_gguf
 
     canvas = load_canvas(canvas_file)
     reference = np.asarray(pipe(canvas, num_inference_steps=2), int)
     gguf = tmp_path / "klein-tiny-Q8_0.gguf"
-    write_gguf(load_file(klein_dir / "transformer" / "diffusion_pytorch_model.safetensors"), gguf)
+    state = load_file(klein_dir / "transformer" / "diffusion_pytorch_model.safetensors")
+    bfl = flux2_to_bfl(state)  # the original BFL key layout of released FLUX.2 GGUF files
+    assert "double_blocks.0.img_attn.qkv.weight" in bfl and "transformer_blocks.0.attn.to_q.weight" not in bfl
+    write_gguf(bfl, gguf)
     for load in (LoadOptions(quantize="int8"), LoadOptions(gguf=str(gguf))):
         low = LayerComposerPipeline.from_pretrained(klein_dir, load=load)
         assert low.transformer.is_quantized and getattr(low.transformer, "layered_klein", False)

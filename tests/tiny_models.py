@@ -211,8 +211,9 @@ def save_tiny_qwen_edit(folder: Path, plus: bool = False, seed: int = 0) -> Path
 
 def write_gguf(state_dict: dict, path: Path, arch: str = "flux") -> tuple[int, int]:
     """Write a diffusers transformer state dict as a GGUF file, as community GGUF converters do: matrices whose
-    rows split into 32-value blocks as Q8_0, everything else float32. Keys are diffusers' own, which diffusers'
-    GGUF loader reads unconverted (the BFL layout's converter assumes FLUX.1's 3072 width for single blocks).
+    rows split into 32-value blocks as Q8_0, everything else float32. Keys as given: diffusers' own (read
+    unconverted; FLUX.1's BFL-layout converter assumes the real 3072 width, so tiny FLUX.1 files use these) or BFL's
+    original layout (`flux2_to_bfl`, which diffusers converts on load).
 
     Returns (quantized tensors, all tensors)."""
     import gguf
@@ -288,3 +289,56 @@ def tiny_klein(seed: int = 0, distilled: bool = True):
 def save_tiny_klein(folder: Path, seed: int = 0, distilled: bool = True) -> Path:
     tiny_klein(seed, distilled).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def flux2_to_bfl(state_dict: dict) -> dict:
+    """A diffusers Flux2Transformer2DModel state dict in Black Forest Labs' original key layout (fused qkv, `lin`,
+    `scale`, final layer's (shift, scale) order): the layout of released FLUX.2 checkpoints and their community
+    GGUF files, which diffusers' single-file loader converts back (`convert_flux2_transformer_checkpoint_to_diffusers`;
+    unlike FLUX.1's converter it does not assume the real widths, so a tiny model round-trips)."""
+    import torch
+
+    renames = {
+        "x_embedder": "img_in", "context_embedder": "txt_in", "proj_out": "final_layer.linear",
+        "time_guidance_embed.timestep_embedder.linear_1": "time_in.in_layer",
+        "time_guidance_embed.timestep_embedder.linear_2": "time_in.out_layer",
+        "time_guidance_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
+        "time_guidance_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
+        "double_stream_modulation_img.linear": "double_stream_modulation_img.lin",
+        "double_stream_modulation_txt.linear": "double_stream_modulation_txt.lin",
+        "single_stream_modulation.linear": "single_stream_modulation.lin",
+    }
+    double = {"attn.norm_q.weight": "img_attn.norm.query_norm.scale",
+              "attn.norm_k.weight": "img_attn.norm.key_norm.scale", "attn.to_out.0": "img_attn.proj",
+              "ff.linear_in": "img_mlp.0", "ff.linear_out": "img_mlp.2",
+              "attn.norm_added_q.weight": "txt_attn.norm.query_norm.scale",
+              "attn.norm_added_k.weight": "txt_attn.norm.key_norm.scale", "attn.to_add_out": "txt_attn.proj",
+              "ff_context.linear_in": "txt_mlp.0", "ff_context.linear_out": "txt_mlp.2"}
+    single = {"attn.to_qkv_mlp_proj": "linear1", "attn.to_out": "linear2",
+              "attn.norm_q.weight": "norm.query_norm.scale", "attn.norm_k.weight": "norm.key_norm.scale"}
+    out: dict = {}
+    state = dict(state_dict)
+    for key in [k for k in state if k.startswith("transformer_blocks.")]:
+        _, n, rest = key.split(".", 2)
+        for stream, names in (("img", ("to_q", "to_k", "to_v")), ("txt", ("add_q_proj", "add_k_proj", "add_v_proj"))):
+            for param in ("weight", "bias"):
+                if rest == f"attn.{names[0]}.{param}":
+                    out[f"double_blocks.{n}.{stream}_attn.qkv.{param}"] = torch.cat(
+                        [state.pop(f"transformer_blocks.{n}.attn.{name}.{param}") for name in names])
+    for key in list(state):
+        value = state.pop(key)
+        if key.startswith("transformer_blocks."):
+            _, n, rest = key.split(".", 2)
+            stem = next(s for s in sorted(double, key=len, reverse=True) if rest.startswith(s))
+            out[f"double_blocks.{n}.{double[stem]}{rest[len(stem):]}"] = value
+        elif key.startswith("single_transformer_blocks."):
+            _, n, rest = key.split(".", 2)
+            stem = next(s for s in sorted(single, key=len, reverse=True) if rest.startswith(s))
+            out[f"single_blocks.{n}.{single[stem]}{rest[len(stem):]}"] = value
+        elif key.startswith("norm_out.linear."):
+            scale, shift = value.chunk(2, dim=0)
+            out[key.replace("norm_out.linear", "final_layer.adaLN_modulation.1")] = torch.cat([shift, scale])
+        else:
+            stem = next(s for s in sorted(renames, key=len, reverse=True) if key.startswith(s))
+            out[renames[stem] + key[len(stem):]] = value
+    return out
