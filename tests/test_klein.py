@@ -206,6 +206,11 @@ def test_generate_and_refine_through_the_cli(klein_dir, canvas_file, tmp_path):
     assert Image.open(refs).size == (80, 64)
     assert json.loads(Image.open(refs).info["layercomposer"])["instruction"].endswith("for their details.")
     assert np.abs(pixels(plain) - pixels(refs)).max() > 0  # the references reach the model
+    low = tmp_path / "int8.png"
+    r = cli("refine", str(canvas_file), "--model", str(klein_dir), "--steps", "2", "--quantize", "int8",
+            "--offload", "group", "-o", str(low))
+    assert r.returncode == 0, r.stderr
+    assert 0 < np.abs(pixels(low) - pixels(plain)).mean() < 8  # int8 weights: nearly the same picture
 
 
 def test_refine_passes_layers_within_klein_limit(klein_dir, canvas_file):

@@ -25,7 +25,6 @@ from ..errors import ModelError
 
 QUANTIZE = ("int8", "fp8", "nf4")
 OFFLOAD = ("none", "model", "group", "sequential")
-ATTENTION_BACKENDS_HINT = "native, flash, flash_varlen, _flash_3, sage, xformers, ... (diffusers' AttentionBackendName)"
 
 
 @dataclass(frozen=True)
