@@ -245,6 +245,7 @@ def test_train_a_lora_on_an_int8_base(kontext_dir, tmp_path):
     from torchao.quantization import Int8Tensor
 
     from layercomposer.errors import LayerComposerError
+    from layercomposer.models.attention import PaddedBatchAttnProcessor
     from layercomposer.pipeline import LayerComposerPipeline
     from layercomposer.training.config import TrainConfig, add_train_arguments, train_config_from_args
     from layercomposer.training.train import train
@@ -258,18 +259,28 @@ def test_train_a_lora_on_an_int8_base(kontext_dir, tmp_path):
     add_train_arguments(parser)
     argv = ["--data", str(scenes), "--output", str(tmp_path / "run"), "--model", str(kontext_dir), "--quantize",
             "int8", "--lora-rank", "4", "--steps", "2", "--batch-size", "2", "--resolution", "64", "--lr", "2e-2",
-            "--warmup", "0", "--save-every", "2"]
+            "--warmup", "0", "--save-every", "2", "--attention-backend", "_native_math"]
     cfg = train_config_from_args(parser.parse_args(argv))
     assert cfg.mixed_precision == "bf16"  # implied by --quantize
-    trainer = train(cfg, progress=False)
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    active = _AttentionBackendRegistry.get_active_backend()[0]
+    try:
+        trainer = train(cfg, progress=False)
+    finally:
+        _AttentionBackendRegistry.set_active_backend(active)  # diffusers sets it process-wide
+    assert {p._attention_backend.value for p in trainer.pipe.transformer.attn_processors.values()} == {"_native_math"}
     to_q = trainer.pipe.transformer.transformer_blocks[0].attn.to_q
     assert isinstance(to_q.base_layer.weight, Int8Tensor)  # peft's LoRA around torchao's int8 linear
     lora = [p for n, p in trainer.pipe.transformer.named_parameters() if p.requires_grad]
     assert lora and all(p.dtype == torch.bfloat16 for p in lora)
-    resumed = train(TrainConfig(**{**cfg.__dict__, "steps": 3}), progress=False)  # from the step-2 checkpoint
+    resumed = train(TrainConfig(**{**cfg.__dict__, "steps": 3, "attention_backend": None}),
+                    progress=False)  # from the step-2 checkpoint
     assert resumed.step_index == 3
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
     pipe = LayerComposerPipeline.from_pretrained(kontext_dir)
     assert pipe.load_loras([str(tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors")]) == ["lora0"]
     with pytest.raises(LayerComposerError, match="train a LoRA"):
         train_config_from_args(parser.parse_args([a for a in argv if a not in ("--lora-rank", "4")]))
+    assert isinstance(trainer.pipe.transformer.attn_processors["transformer_blocks.0.attn.processor"],
+                      PaddedBatchAttnProcessor)

@@ -42,6 +42,8 @@ class TrainConfig:
     """Load the frozen base transformer quantized (int8, fp8, nf4; `models.lowmem`): a LoRA run's memory path."""
     gguf: str | None = None
     """Read the frozen base transformer from this GGUF file (a LoRA run)."""
+    attention_backend: str | None = None
+    """diffusers' attention kernel for the padded-batch processors (flash_varlen skips the padding); None: SDPA."""
     train_text_encoder: bool = False
     prompt_dropout: float = 0.1
     guidance: float = 1.0
@@ -140,6 +142,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         "fp8 and nf4 need CUDA); the LoRA trains in bf16 (--mixed-precision bf16 is implied)")
     parser.add_argument("--gguf", default=None, metavar="FILE",
                         help="LoRA runs: read the frozen base transformer from this GGUF file")
+    parser.add_argument("--attention-backend", default=None, metavar="NAME",
+                        help="diffusers' attention kernel: native (PyTorch SDPA, default), flash, flash_varlen (skips "
+                        "the padding of mixed batches), _flash_3, sage, ...")
     parser.add_argument("--train-text-encoder", action="store_true", help="also train the text encoder (full)")
     parser.add_argument("--prompt-dropout", type=float, default=d.prompt_dropout, help="chance of an empty prompt")
     parser.add_argument("--guidance", type=float, default=d.guidance, help="guidance embedding value, if any")

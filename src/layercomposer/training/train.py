@@ -91,6 +91,9 @@ class Trainer:
             raise LayerComposerError("a FLUX.2 [klein] base trains a LoRA (--lora-rank R); its full weights are not "
                                      "exported in our format")
         use_padded_batch_attention(transformer)
+        from ..models.lowmem import set_attention_backend
+
+        set_attention_backend(transformer, cfg.attention_backend)
         if cfg.lora_rank > 0:
             from peft import LoraConfig
 
