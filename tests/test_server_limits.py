@@ -545,3 +545,22 @@ def test_allowed_host_names_are_accepted(tmp_path, pipe):
         r = c.post("/api/images", files={"file": ("a.png", png(), "image/png")},
                    headers={"Host": "mybox.local", "Origin": "http://mybox.local"})
         assert r.status_code == 200
+
+
+def test_odd_digits_in_headers_are_not_numbers(blocked):
+    port = blocked.port
+    body = json.dumps({"canvas": {"version": 1, "width": 64, "height": 64, "layers": []}}).encode()
+    status, answer = raw_request(port, f"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                                 "Content-Type: application/json\r\n"
+                                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n", body)
+    assert status == 202, answer
+    job_id = json.loads(answer)["id"]
+    for value in (b"\xb2", b"1\xb9", b"\xbd"):  # superscript digits: str.isdigit() says yes, int() says no
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(f"GET /api/jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()
+                      + b"Last-Event-ID: " + value + b"\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200"), value
+    status, answer = raw_request(port, f"POST /api/tokens HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                                 "Content-Type: application/json\r\nContent-Length: \xb2\r\n"
+                                 "Connection: close\r\n\r\n", b"{}")
+    assert 400 <= status < 500, (status, answer)

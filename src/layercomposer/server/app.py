@@ -546,7 +546,7 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
         """Server-sent events: queued, started, step (with a preview every few steps), done | failed | cancelled."""
         job_or_404(job_id)
         last = request.headers.get("last-event-id", "")
-        since = int(last) + 1 if last.isdigit() and len(last) < 12 else 0
+        since = int(last) + 1 if last.isascii() and last.isdigit() and len(last) < 12 else 0
 
         async def stream() -> AsyncIterator[str]:
             # Async: an open stream holds no worker thread, and it ends when the server shuts down.

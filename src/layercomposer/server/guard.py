@@ -53,7 +53,7 @@ def split_host(value: str) -> tuple[str, int | None] | None:
     else:
         name, _, port_text = value.partition(":")
     if port_text:
-        if not port_text.isdigit() or len(port_text) > 5:
+        if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5:
             return None
         return name.rstrip("."), int(port_text)
     return name.rstrip("."), None
@@ -86,7 +86,7 @@ class Guard:
             await _error(send, *problem)
             return
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+        if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > self.max_body):
             await _error(send, 413, f"request body larger than {self.max_body >> 20} MiB")
             return
         received = 0
