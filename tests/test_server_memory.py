@@ -32,11 +32,11 @@ SERVER = textwrap.dedent("""
 
 def png(w: int, h: int, rgba=(200, 30, 30, 255)) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGBA", (w, h), rgba).save(buf, "PNG")
+    Image.new("RGBA", (w, h), rgba).save(buf, "PNG", compress_level=1)  # fast to write, still small
     return buf.getvalue()
 
 
-def rss_mb(pid: int, settle: float = 1.0) -> float:
+def rss_mb(pid: int, settle: float = 0.5) -> float:
     """Resident memory once the server has settled: it hands what a request freed back to the system just
     after the answer, so the figure right at the answer can still include the request's own temporaries."""
     time.sleep(settle)
