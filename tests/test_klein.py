@@ -241,7 +241,16 @@ def test_refine_passes_layers_within_klein_limit(klein_dir, canvas_file):
     assert isinstance(seen["image"], Image.Image)  # without the flag: the collage alone
 
 
-def test_train_a_layered_lora_on_klein(klein_dir, canvas_file, tmp_path):
+@pytest.fixture
+def fresh_accelerate():
+    """Training in this process with bf16 sets accelerate's process-wide state; later tests build their own."""
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_train_a_layered_lora_on_klein(klein_dir, canvas_file, tmp_path, fresh_accelerate):
     from diffusers import Flux2KleinPipeline
     from safetensors.torch import load_file
 
