@@ -80,6 +80,47 @@ def test_health_and_page(client):
     assert "/api/jobs" in client.get("/openapi.json").json()["paths"]
 
 
+def test_trained_sizes_round_trip_and_reach_the_health_answer(tmp_path, pipe):
+    """model_index.json's trained_sizes: read by _load_dir, written back by save_pretrained, shown by /api/health."""
+    from layercomposer.errors import ModelError
+    from layercomposer.pipeline import LayerComposerPipeline
+
+    assert pipe.trained_sizes is None  # built from a config: it does not say
+    first = pipe.save_pretrained(tmp_path / "a")
+    index = json.loads((first / "model_index.json").read_text())
+    assert "trained_sizes" not in index and LayerComposerPipeline.from_pretrained(first).trained_sizes is None
+    (first / "model_index.json").write_text(json.dumps({**index, "trained_sizes": [[256, 256], [384, 256]]}))
+    loaded = LayerComposerPipeline.from_pretrained(first)
+    assert loaded.trained_sizes == [(256, 256), (384, 256)]
+    second = loaded.save_pretrained(tmp_path / "b")
+    assert json.loads((second / "model_index.json").read_text())["trained_sizes"] == [[256, 256], [384, 256]]
+    assert LayerComposerPipeline.from_pretrained(second).trained_sizes == [(256, 256), (384, 256)]
+    for bad in ([256, 256], [[256]], [[256, 0]], [[256.0, 256]], "256x256"):
+        (first / "model_index.json").write_text(json.dumps({**index, "trained_sizes": bad}))
+        with pytest.raises(ModelError, match="trained_sizes"):
+            LayerComposerPipeline.from_pretrained(first)
+    # The shipped demo models were trained at 256 x 256 only, and say so.
+    from layercomposer.models.registry import resolve_model
+
+    for name in ("demo", "demo-collage"):
+        assert json.loads((resolve_model(name) / "model_index.json").read_text())["trained_sizes"] == [[256, 256]]
+
+    with make_client(tmp_path, loaded) as c:
+        for _ in range(100):
+            health = c.get("/api/health").json()
+            if health["model_ready"]:
+                break
+            time.sleep(0.05)
+        assert health["model_ready"] and health["trained_sizes"] == [[256, 256], [384, 256]]
+    with make_client(tmp_path, pipe) as c:
+        for _ in range(100):
+            health = c.get("/api/health").json()
+            if health["model_ready"]:
+                break
+            time.sleep(0.05)
+        assert health["model_ready"] and health["trained_sizes"] is None
+
+
 def test_images_are_content_addressed(client):
     a, b = upload(client), upload(client)
     assert a["id"] == b["id"] and a["id"].endswith(".png") and (a["width"], a["height"]) == (24, 24)

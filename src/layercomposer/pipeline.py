@@ -85,6 +85,8 @@ class GenerationResult:
 class LayerComposerPipeline:
     """Renders a layered canvas into one picture (DESIGN.md section 3)."""
 
+    _trained_sizes: list[tuple[int, int]] | None = None
+
     def __init__(
         self,
         transformer: Any,  # diffusers.FluxTransformer2DModel
@@ -117,6 +119,12 @@ class LayerComposerPipeline:
     def merge_locked(self) -> bool:
         """Whether this model sees the locked layers flattened into one group (see `conditioning`)."""
         return self.conditioning.merge_locked
+
+    @property
+    def trained_sizes(self) -> list[tuple[int, int]] | None:
+        """Canvas sizes (width, height) the model was trained at: model_index.json's `trained_sizes`; None when
+        the folder does not say (built from a config, or an older folder)."""
+        return None if self._trained_sizes is None else list(self._trained_sizes)
 
     @property
     def rules(self) -> TokenRules:
@@ -189,9 +197,18 @@ class LayerComposerPipeline:
             rules = TokenRules.from_index(index)
         except LayerComposerError as exc:
             raise ModelError(f"{root}/model_index.json: {exc}") from None
+        sizes = index.get("trained_sizes")
+        if sizes is not None:
+            if not isinstance(sizes, list) or not all(
+                isinstance(s, list) and len(s) == 2 and all(type(v) is int and v > 0 for v in s) for s in sizes
+            ):
+                raise ModelError(f"{root}/model_index.json: trained_sizes must be a list of [width, height]")
+            sizes = [(w, h) for w, h in sizes]
         schedule = FlowSchedule.load(root / "scheduler" / "scheduler_config.json")
-        return cls(transformer, vae, text_encoder, schedule, float(index.get("guidance_scale", 2.5)),
+        pipe = cls(transformer, vae, text_encoder, schedule, float(index.get("guidance_scale", 2.5)),
                    int(index.get("default_steps", 28)), name=index.get("name", root.name), rules=rules)
+        pipe._trained_sizes = sizes
+        return pipe
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write safetensors weights and configs in diffusers' per-component layout."""
@@ -211,6 +228,8 @@ class LayerComposerPipeline:
             "default_steps": self.default_steps,
             **self.rules.index_fields(),
         }
+        if self._trained_sizes is not None:
+            index["trained_sizes"] = [[w, h] for w, h in self._trained_sizes]
         # model_index.json last: a directory without it is not a model, so a crash leaves no half model.
         (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         return root

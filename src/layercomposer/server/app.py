@@ -117,6 +117,12 @@ def _refine_backend(model: str) -> str:
     return auto_backend(resolve_model(model))
 
 
+def _trained_sizes(pipe: Any) -> list[list[int]] | None:
+    """The canvas sizes a loaded pipeline says it was trained at, as JSON; None when unknown or not loaded."""
+    sizes = getattr(pipe, "trained_sizes", None)
+    return None if sizes is None else [[int(w), int(h)] for w, h in sizes]
+
+
 def authorised(request: Request) -> None:
     """The optional bearer token: `Authorization: Bearer ...`, or `?token=...` (EventSource sends no headers).
 
@@ -386,7 +392,9 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
                 "queued": jobs.queued(), "max_queue": settings.max_queue, "auth": bool(settings.token),
                 "max_tokens": settings.max_tokens,
                 "refine_model": settings.refine_model,
-                "defaults": {"steps": pipe.default_steps, "guidance": pipe.guidance_scale} if pipe else None}
+                "defaults": {"steps": pipe.default_steps, "guidance": pipe.guidance_scale} if pipe else None,
+                # [[width, height], ...] the model was trained at (model_index.json); null when unknown.
+                "trained_sizes": _trained_sizes(pipe)}
 
     @app.post("/api/images", tags=["canvas"])
     async def upload_image(_: Auth, file: Annotated[UploadFile, File(description="PNG, WebP, JPEG...")]) -> dict:
