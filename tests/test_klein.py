@@ -243,9 +243,11 @@ def test_refine_passes_layers_within_klein_limit(klein_dir, canvas_file):
 
 @pytest.fixture
 def fresh_accelerate():
-    """Training in this process with bf16 sets accelerate's process-wide state; later tests build their own."""
+    """accelerate keeps one process-wide state (mixed precision included): start from none, and leave none, so
+    trainings in this process with other settings (here bf16) do not meet."""
     from accelerate.state import AcceleratorState
 
+    AcceleratorState._reset_state(reset_partial_state=True)
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
 
@@ -315,7 +317,7 @@ def test_klein_with_int8_gguf_and_group_offload(pipe, klein_dir, canvas_file, tm
     assert np.array_equal(np.asarray(grouped(canvas, num_inference_steps=2), int), reference)
 
 
-def test_klein_full_training_is_refused(klein_dir, tmp_path):
+def test_klein_full_training_is_refused(klein_dir, tmp_path, fresh_accelerate):
     from layercomposer.errors import LayerComposerError
     from layercomposer.training.config import TrainConfig
     from layercomposer.training.train import Trainer

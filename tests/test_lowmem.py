@@ -241,9 +241,11 @@ def test_serve_loads_its_model_with_the_flags(kontext_dir, gguf_file, tmp_path, 
 
 @pytest.fixture
 def fresh_accelerate():
-    """Training in this process with bf16 sets accelerate's process-wide state; later tests build their own."""
+    """accelerate keeps one process-wide state (mixed precision included): start from none, and leave none, so
+    trainings in this process with other settings (here bf16) do not meet."""
     from accelerate.state import AcceleratorState
 
+    AcceleratorState._reset_state(reset_partial_state=True)
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
 
