@@ -61,3 +61,24 @@ def test_gpu_check_without_cuda_says_so(tmp_path):
                         "--report", str(tmp_path / "B.md")], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 2 and "no CUDA device here" in r.stderr and not (tmp_path / "B.md").exists()
+
+
+def test_scaling_report_keeps_the_gpu_section(tmp_path):
+    """benchmarks/scaling.py rewrites BENCHMARKS.md from its JSON files but keeps gpu_check's section."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from scaling import write_report
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    rows = [{"subjects": k, "mode": mode, "tokens": 1, "noisy": 16, "seconds": 0.01, "peak_bytes": 0.0,
+             "time_ratio": 1.0} for k in (1, 2, 4, 8, 16) for mode in ("none", "collage", "layered", "unpruned")]
+    (tmp_path / "scaling-cpu.json").write_text(json.dumps(
+        {"device": "cpu", "model": "demo-base", "size": 64, "share": 0.05, "steps": 1, "warmup": 1, "rows": rows,
+         "machine": "test"}))
+    report = tmp_path / "docs" / "BENCHMARKS.md"
+    report.parent.mkdir()
+    report.write_text("# old\n\n<!-- gpu-check:start -->\nGPU numbers\n<!-- gpu-check:end -->\n")
+    write_report(tmp_path, report)
+    text = report.read_text()
+    assert "## demo-base at 64 px on cpu" in text and "# old" not in text
+    assert "<!-- gpu-check:start -->\nGPU numbers\n<!-- gpu-check:end -->" in text
