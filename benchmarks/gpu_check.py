@@ -171,6 +171,10 @@ def inference_rows(model: str, config: dict, weights: str, args: argparse.Namesp
         transformer = quantize(build(model, config, args.device, dtype), weights, args.device)
     except Skip as exc:
         return [{**base, "subjects": k, "mode": mode, "skipped": str(exc)} for k, mode in grid]
+    except Exception as exc:  # out of memory while building, a quantization back-end failing: recorded
+        release(args.device)
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+        return [{**base, "subjects": k, "mode": mode, "error": error} for k, mode in grid]
     try:
         for k, mode in grid:
             row = {**base, "subjects": k, "mode": mode}
