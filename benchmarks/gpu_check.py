@@ -215,8 +215,9 @@ def training_row(model: str, config: dict, args: argparse.Namespace, clock: Any)
            "size": args.train_size, "rank": args.rank, "tokens": counts["layered"], "noisy": counts["noisy"]}
     if clock() > args.budget:
         return {**row, "skipped": f"past the --budget of {args.budget:.0f} s"}
-    transformer = build(model, config, args.device, torch.bfloat16)
+    transformer = None
     try:
+        transformer = build(model, config, args.device, torch.bfloat16)
         use_padded_batch_attention(transformer)
         transformer.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
                                            target_modules=getattr(transformer, "lora_targets", list(LORA_TARGETS))))
