@@ -40,7 +40,12 @@ def server(tmp_path_factory):
     from layercomposer.pipeline import LayerComposerPipeline
     from layercomposer.server.app import ServerSettings, create_app
 
-    pipe = LayerComposerPipeline.from_pretrained("tiny-random")
+    # The tiny random model through a folder that says, as the demo models' do, that it was trained at 256 x 256.
+    folder = LayerComposerPipeline.from_pretrained("tiny-random").save_pretrained(tmp_path_factory.mktemp("tiny"))
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "trained_sizes": [[256, 256]]}))
+    pipe = LayerComposerPipeline.from_pretrained(folder)
+    assert pipe.trained_sizes == [(256, 256)]
     outputs = tmp_path_factory.mktemp("outputs")
     app = create_app(ServerSettings(model="tiny-random", outputs=outputs), load_pipeline=lambda: pipe)
     port = _free_port()
@@ -79,6 +84,11 @@ def doc(page) -> dict:
     return json.loads(page.evaluate("JSON.stringify(window.layercomposer.state.document())"))
 
 
+def entry_height(page) -> float:
+    """The editor's entry height of a new subject (share of the canvas height), from its own module."""
+    return page.evaluate("import('/static/js/placement.js').then((m) => m.ENTRY_HEIGHT)")
+
+
 def canvas_to_screen(page, x: float, y: float) -> tuple[float, float]:
     box = page.locator("#canvas").bounding_box()
     width = doc(page)["width"]
@@ -100,13 +110,19 @@ def test_compose_lock_reorder_generate_save_and_reload(server, browser, images, 
     page.wait_for_function("document.getElementById('token-budget').textContent.includes('kept')")
     red, blue = doc(page)["layers"]
     assert (red["name"], blue["name"]) == ("red", "blue")
-    # Fitted into 40% of the 256 px canvas, centred: red 40x60 keeps scale 1 at (108, 98).
-    assert (red["x"], red["y"], red["scale"]) == (108, 98, 1)
+    # Their visible parts (36x56 and 46x26 inside a 2 px transparent border) enter at the entry height.
+    height = entry_height(page) * 256
+    assert red["scale"] == pytest.approx(height / 56, abs=1e-3)
+    assert blue["scale"] == pytest.approx(height / 26, abs=1e-3)
 
     # 2. Drag the red layer by (+30, -20) canvas px; blue is on top, so grab red where blue is not.
     page.locator("#layer-list li[data-name='red']").click()
-    start = canvas_to_screen(page, red["x"] + 20, red["y"] + 5)
-    end = canvas_to_screen(page, red["x"] + 50, red["y"] - 15)
+    bx0, by0, bs = blue["x"], blue["y"], blue["scale"]
+    grab = next((red["x"] + u, red["y"] + v) for v in range(4, int(60 * red["scale"]) - 4, 2)
+                for u in range(4, int(40 * red["scale"]) - 4, 2)
+                if not (bx0 - 2 <= red["x"] + u <= bx0 + 50 * bs + 2 and by0 - 2 <= red["y"] + v <= by0 + 30 * bs + 2))
+    start = canvas_to_screen(page, *grab)
+    end = canvas_to_screen(page, grab[0] + 30, grab[1] - 20)
     page.mouse.move(*start)
     page.mouse.down()
     page.mouse.move(*end, steps=8)
@@ -116,9 +132,11 @@ def test_compose_lock_reorder_generate_save_and_reload(server, browser, images, 
     assert abs(moved["x"] - (red["x"] + 30)) <= 1 and abs(moved["y"] - (red["y"] - 20)) <= 1
     assert page.input_value("#prop-x") == str(moved["x"])
 
-    # 3. Scale the blue layer with its bottom-right handle: centre (128, 128), corner at (+25, +15);
-    #    dragging the corner to twice its distance from the centre doubles the scale, centre fixed.
+    # 3. Scale the blue layer with its bottom-right handle: dragging the corner to twice its distance from the
+    #    centre doubles the scale, centre fixed. First bring it to scale 1 in the middle, so the corner is on the
+    #    canvas: centre (128, 128), corner at (+25, +15).
     page.locator("#layer-list li[data-name='blue']").click()
+    page.evaluate("window.layercomposer.state.update('blue', {x: 103, y: 113, scale: 1})")
     b = doc(page)["layers"][1]
     cx, cy = b["x"] + 25, b["y"] + 15
     page.mouse.move(*canvas_to_screen(page, b["x"] + 50, b["y"] + 30))
@@ -219,9 +237,12 @@ def test_screenshot_is_a_real_render(server, browser, images, tmp_path):
     page.locator("#new-project").click()
     page.set_input_files("#add-image", images[:1])
     page.wait_for_function("window.layercomposer.state.canvas.layers.length === 1")
+    red = doc(page)["layers"][0]
+    page.wait_for_function("(({state, view}) => view.size(state.canvas.layers[0]) !== null)(window.layercomposer)")
     shot = Image.open(io.BytesIO(page.locator("#canvas").screenshot()))
-    # The red layer is drawn in the middle of the canvas view.
-    r, g, b_, *_ = shot.getpixel((shot.width // 2, shot.height // 2))
+    # The red layer is drawn in the canvas view, at its place (the middle of its 40 x 60 image).
+    k = shot.width / 256
+    r, g, b_, *_ = shot.getpixel((int((red["x"] + 20 * red["scale"]) * k), int((red["y"] + 30 * red["scale"]) * k)))
     assert r > 180 and g < 80 and b_ < 80
     page.close()
 
@@ -260,9 +281,12 @@ def test_cut_out_a_photo_then_undo_and_cut_out_a_box(server, browser, astronaut_
     page.set_input_files("#add-image", astronaut_file)
     page.wait_for_function("window.layercomposer.state.canvas.layers.length === 1")
     page.wait_for_function("(({state, view}) => view.size(state.canvas.layers[0]) !== null)(window.layercomposer)")
+    entered = doc(page)["layers"][0]
+    assert entered["scale"] == pytest.approx(entry_height(page) * 256 / 512, abs=1e-3)  # an opaque photo: all visible
+    # The steps below were measured on the photo at scale 0.2, in the middle of the canvas.
+    page.evaluate(f"window.layercomposer.state.update({json.dumps(entered['name'])}, {{x: 77, y: 77, scale: 0.2}})")
     before = doc(page)["layers"][0]
     s = before["scale"]
-    assert s == 0.2  # 512 px fitted into 40% of the 256 px canvas
 
     def at(ix: float, iy: float, layer: dict = before) -> tuple[float, float]:  # image pixel -> canvas point
         return layer["x"] + ix * s, layer["y"] + iy * s
@@ -517,4 +541,83 @@ def test_token_budget_warns_above_the_servers_limit(server, browser, images):
     page.evaluate("window.layercomposer.state.setSize(4096, 4096)")  # 65536 noisy tokens, limit 16384
     page.wait_for_function("document.getElementById('token-budget').textContent.includes('limit of 16384')")
     assert "error" in (page.locator("#token-budget").get_attribute("class") or "")
+    page.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The editor meets the model (issue 30, item 7): subjects enter at the size the model knows, each at a free
+# spot; a size the model was not trained at is flagged
+
+
+def _visible_box(server: str, layer: dict) -> tuple[float, float, float, float]:
+    """Canvas bounds of an unrotated layer's visible pixels (its image's alpha bounding box, from the server)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server}/api/images/{layer['image']}") as answer:
+        x0, y0, x1, y1 = Image.open(io.BytesIO(answer.read())).getchannel("A").getbbox()
+    s = layer["scale"]
+    assert layer["rotation"] == 0
+    return layer["x"] + x0 * s, layer["y"] + y0 * s, layer["x"] + x1 * s, layer["y"] + y1 * s
+
+
+def test_sprites_enter_at_the_trained_size_at_free_spots_and_odd_sizes_are_flagged(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server + "/")
+    page.wait_for_function("window.layercomposer !== undefined")
+    page.locator("#new-project").click()
+    page.wait_for_function("document.querySelectorAll('#library button').length >= 4")
+    fraction = entry_height(page)
+    assert 0.17 <= fraction <= 0.45
+
+    # 1. Three library sprites, one click each: three spots on the ground, none on top of another.
+    buttons = page.locator("#library button")
+    for n in range(3):
+        buttons.nth(n).click()
+        page.wait_for_function(f"window.layercomposer.state.canvas.layers.length === {n + 1}")
+    boxes = [_visible_box(server, layer) for layer in doc(page)["layers"]]
+    for x0, y0, x1, y1 in boxes:
+        assert y1 - y0 == pytest.approx(fraction * 256, abs=1.0)  # the visible height the model knows
+        assert x0 >= -1 and x1 <= 257 and y1 <= 257 and y0 >= 256 / 3 - 1  # inside, on the lower two thirds
+    centres = [((x0 + x1) / 2, (y0 + y1) / 2) for x0, y0, x1, y1 in boxes]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            a, b = boxes[i], boxes[j]
+            inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+            smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+            assert inter <= 0.1 * smaller, f"sprites {i} and {j} overlap by {inter / smaller:.0%}"
+            assert math.dist(centres[i], centres[j]) > 0.5 * fraction * 256
+
+    # 2. A sprite dropped on the canvas stands where it fell (its visible part centred on the point).
+    canvas = page.locator("#canvas")
+    zoom = _zoom(page)
+    buttons.nth(3).drag_to(canvas, target_position={"x": 60 * zoom, "y": 190 * zoom})
+    page.wait_for_function("window.layercomposer.state.canvas.layers.length === 4")
+    x0, y0, x1, y1 = _visible_box(server, doc(page)["layers"][3])
+    assert (x0 + x1) / 2 == pytest.approx(60, abs=1.0) and (y0 + y1) / 2 == pytest.approx(190, abs=1.0)
+    assert y1 - y0 == pytest.approx(fraction * 256, abs=1.0)
+
+    # 3. The model was trained at 256 x 256 (its model_index.json says so): 384 x 256 is flagged, 256 x 256 not.
+    warning = page.locator("#size-warning")
+    page.wait_for_function("window.layercomposer.state.canvas.width === 256")
+    assert warning.is_hidden()
+    page.fill("#canvas-width", "384")
+    page.locator("#canvas-width").press("Enter")
+    page.wait_for_function("window.layercomposer.state.canvas.width === 384")
+    warning.wait_for(state="visible")
+    assert "256 × 256" in warning.text_content()
+    assert page.locator("#generate").is_enabled()  # a note, not a block
+    page.fill("#canvas-width", "256")
+    page.locator("#canvas-width").press("Enter")
+    page.wait_for_function("window.layercomposer.state.canvas.width === 256")
+    warning.wait_for(state="hidden")
+    # On a taller canvas a new sprite is taller in pixels: the entry height is a share of the canvas height.
+    page.evaluate("window.layercomposer.state.setSize(256, 512)")
+    warning.wait_for(state="visible")
+    buttons.nth(4).click()
+    page.wait_for_function("window.layercomposer.state.canvas.layers.length === 5")
+    x0, y0, x1, y1 = _visible_box(server, doc(page)["layers"][4])
+    assert y1 - y0 == pytest.approx(fraction * 512, abs=1.0) and y0 >= 512 / 3 - 1
+    assert errors == []
     page.close()

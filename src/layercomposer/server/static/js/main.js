@@ -1,8 +1,9 @@
 // The editor page: wires the state, the canvas view, the panels and the job API together.
 
-import { api } from "./api.js";
+import { api, withToken } from "./api.js";
 import { EditorState, emptyCanvas } from "./state.js";
 import { CanvasView } from "./view.js";
+import { contentBox, entryScale, freeSpot } from "./placement.js";
 
 const $ = (id) => document.getElementById(id);
 const state = new EditorState();
@@ -34,24 +35,77 @@ function debounce(fn, ms) {
   };
 }
 
-async function addImageFile(file, { background = false, at = null } = {}) {
+const contentBoxes = new Map(); // image id -> [x0, y0, x1, y1] of its visible pixels
+
+/** The visible part of an image (its alpha bounding box), in image px; null when the image does not load. */
+async function imageContent(id) {
+  if (!contentBoxes.has(id)) {
+    const img = await view.load(id);
+    if (!img.naturalWidth) return null;
+    contentBoxes.set(id, contentBox(img));
+  }
+  return contentBoxes.get(id);
+}
+
+/** Canvas-px bounds [x0, y0, x1, y1] of a subject layer's visible part (rotation included). */
+async function visibleBounds(layer) {
+  const box = await imageContent(layer.image);
+  const f = box && view.frame(layer);
+  if (!f) return null;
+  const s = layer.scale || 1;
+  const [iw, ih] = view.size(layer);
+  const corners = [[box[0], box[1]], [box[2], box[1]], [box[2], box[3]], [box[0], box[3]]]
+    .map(([ix, iy]) => view.toCanvasPoint(f, (ix - iw / 2) * s, (iy - ih / 2) * s));
+  const xs = corners.map((c) => c[0]);
+  const ys = corners.map((c) => c[1]);
+  return [Math.min(...xs), Math.min(...ys), Math.max(...xs), Math.max(...ys)];
+}
+
+let additions = Promise.resolve(); // one at a time: each new subject sees the ones added before it
+
+/** Add an image as a layer. A subject enters with its visible part at the height the model saw
+ *  characters at in training (`ENTRY_HEIGHT` of the canvas height), centred on `at` (a canvas point) when given,
+ *  else at the free spot of the ground that overlaps the other visible subjects least. A background fills. */
+function addImageFile(file, options = {}) {
+  const run = additions.then(() => addImageFileNow(file, options));
+  additions = run.catch(() => {});
+  return run;
+}
+
+async function addImageFileNow(file, { background = false, at = null } = {}) {
   const info = await api.uploadImage(file, file.name || "image.png");
   const name = state.uniqueName(background ? "background" : file.name || "layer");
   const layer = { name, image: info.id, locked: background, visible: true };
   if (background) {
     layer.kind = "background";
   } else {
-    // Fit into about 40% of the canvas, centred (or at a given point).
     const { width, height } = state.canvas;
-    const scale = Math.min(1, (0.4 * Math.min(width, height)) / Math.max(info.width, info.height));
-    const cx = at ? at[0] : width / 2;
-    const cy = at ? at[1] : height / 2;
+    const box = (await imageContent(info.id)) || [0, 0, info.width, info.height];
+    const scale = Math.round(entryScale(box, height) * 1000) / 1000;
+    const w = (box[2] - box[0]) * scale;
+    const h = (box[3] - box[1]) * scale;
+    let centre = at;
+    if (!centre) {
+      const others = state.canvas.layers.filter((l) => l.kind !== "background" && l.visible !== false);
+      const occupied = (await Promise.all(others.map(visibleBounds))).filter(Boolean);
+      centre = freeSpot(w, h, width, height, occupied);
+    }
+    // The visible part's centre lands on `centre`.
     Object.assign(layer, {
-      scale: Math.round(scale * 1000) / 1000, rotation: 0,
-      x: Math.round(cx - (info.width * scale) / 2), y: Math.round(cy - (info.height * scale) / 2),
+      scale, rotation: 0,
+      x: Math.round(centre[0] - ((box[0] + box[2]) / 2) * scale),
+      y: Math.round(centre[1] - ((box[1] + box[3]) / 2) * scale),
     });
   }
   state.addLayer(layer, { background });
+}
+
+async function addLibrarySprite(id, at = null) {
+  if (!/^c\d{5}$/.test(id)) throw new Error(`no library sprite ${JSON.stringify(id).slice(0, 40)}`);
+  const answer = await fetch(withToken(`/api/library/${id}.png`));
+  if (!answer.ok) throw new Error(`library sprite ${id}: ${answer.status} ${answer.statusText}`);
+  const blob = await answer.blob();
+  await addImageFile(new File([blob], `${id}.png`, { type: "image/png" }), { at });
 }
 
 // -- layer list ------------------------------------------------------------------------------------------
@@ -398,6 +452,19 @@ function renderSettings() {
   if (document.activeElement !== $("canvas-height")) $("canvas-height").value = state.canvas.height;
   $("undo").disabled = !state.undoStack.length;
   $("redo").disabled = !state.redoStack.length;
+  renderSizeWarning();
+}
+
+let trainedSizes = null; // the model's [[width, height], ...] from /api/health; null: the model does not say
+
+/** A non-blocking note when the canvas is not a size the model was trained at. */
+function renderSizeWarning() {
+  const { width, height } = state.canvas;
+  const known = !trainedSizes || trainedSizes.some(([w, h]) => w === width && h === height);
+  const sizes = (trainedSizes || []).map(([w, h]) => `${w} × ${h}`).join(", ");
+  $("size-warning").hidden = known;
+  $("size-warning").textContent = known ? "" : `model trained at ${sizes}`;
+  $("size-warning").title = known ? "" : `The model was trained at ${sizes} only; at ${width} × ${height} it may draw worse pictures.`;
 }
 
 function bindToolbar() {
@@ -492,6 +559,35 @@ function bindToolbar() {
   });
 }
 
+/** Files and library sprites dropped on the canvas enter with their visible part centred where they fell. */
+function bindDrop() {
+  const stage = $("stage");
+  const accepts = (e) => [...e.dataTransfer.types].some((t) => t === "Files" || t === "text/x-sprite");
+  stage.addEventListener("dragover", (e) => {
+    if (!accepts(e)) return;
+    e.preventDefault();
+    e.dataTransfer.dropEffect = "copy";
+  });
+  stage.addEventListener("drop", async (e) => {
+    if (!accepts(e)) return;
+    e.preventDefault();
+    const { width, height } = state.canvas;
+    const [px, py] = view.pointer(e);
+    const at = [Math.max(0, Math.min(width, px)), Math.max(0, Math.min(height, py))];
+    const sprite = e.dataTransfer.getData("text/x-sprite");
+    try {
+      if (sprite) {
+        await addLibrarySprite(sprite, at);
+      }
+      // The first file where it fell, any others at free spots.
+      const files = [...e.dataTransfer.files];
+      for (const [i, file] of files.entries()) await addImageFile(file, { at: i || sprite ? null : at });
+    } catch (err) {
+      status($("job-status"), err.message, true);
+    }
+  });
+}
+
 async function loadLibrary() {
   let items = [];
   try {
@@ -502,14 +598,13 @@ async function loadLibrary() {
     const button = document.createElement("button");
     button.title = `${item.id}: ${item.description}`;
     button.dataset.sprite = item.id;
+    button.draggable = true; // drop it on the canvas where it should stand
     const img = document.createElement("img");
     img.src = item.url;
     img.alt = item.description;
     button.append(img);
-    button.addEventListener("click", async () => {
-      const blob = await (await fetch(img.src)).blob();
-      await addImageFile(new File([blob], `${item.id}.png`, { type: "image/png" }));
-    });
+    button.addEventListener("click", () => addLibrarySprite(item.id).catch((err) => status($("job-status"), `${item.id}: ${err.message}`, true)));
+    button.addEventListener("dragstart", (e) => e.dataTransfer.setData("text/x-sprite", item.id));
     box.append(button);
   }
 }
@@ -519,6 +614,8 @@ let maxTokens = null; // the server's --max-tokens: a bigger canvas is refused o
 async function checkServer() {
   try {
     const h = await api.health();
+    trainedSizes = Array.isArray(h.trained_sizes) && h.trained_sizes.length ? h.trained_sizes : null;
+    renderSizeWarning();
     if (h.max_tokens !== maxTokens) {
       maxTokens = h.max_tokens;
       refreshTokens();
@@ -547,6 +644,7 @@ state.addEventListener("change", (e) => {
 bindToolbar();
 bindProperties();
 bindCutout();
+bindDrop();
 renderSettings();
 renderProperties();
 renderLayers();
