@@ -3,7 +3,7 @@
     python docs/make_screenshot.py [--model demo] [--port 7870]
 
 Starts `layercomposer serve` on a temporary outputs folder, opens the page in Debian's Chromium (Playwright),
-adds four held-out sprites from the library, moves them apart, locks two, types a prompt, generates, and saves
+adds four held-out sprites from the library (the editor places them), locks two, types a prompt, generates, and saves
 a screenshot of the whole editor with the result. Prints what it did and how long the generation took.
 """
 
@@ -52,17 +52,11 @@ def main() -> int:
             page.goto(url + "/")
             page.wait_for_function("window.layercomposer !== undefined")
             page.wait_for_selector("#library button")
-            # Four sprites from the library, spread along the ground, two of them locked.
-            spots = [(20, 120), (80, 110), (140, 125), (196, 112)]
-            for i, (x, y) in enumerate(spots):
+            # Four sprites from the library, two of them locked: each click places one at the size the model
+            # knows, on a free spot of the ground (the editor's own placement, nothing moved by hand).
+            for i in range(4):
                 page.locator("#library button").nth(i).click()
                 page.wait_for_function(f"window.layercomposer.state.canvas.layers.length === {i + 1}")
-                page.fill("#prop-scale", "0.75")
-                page.dispatch_event("#prop-scale", "change")
-                page.fill("#prop-x", str(x))
-                page.dispatch_event("#prop-x", "change")
-                page.fill("#prop-y", str(y))
-                page.dispatch_event("#prop-y", "change")
             names = page.evaluate("window.layercomposer.state.canvas.layers.map(l => l.name)")
             for name in names[::2]:
                 page.locator(f"button[aria-label='lock {name}']").click()
