@@ -385,6 +385,8 @@ def test_trainer_writes_metrics_curve_checkpoints_and_model(scenes_dir, tmp_path
                                                    load_file(tmp_path / "at6" / te).values(), strict=True))
     at3_pipe = LayerComposerPipeline.from_pretrained(tmp_path / "at3")
     assert at3_pipe.name == "at3" and at3_pipe.guidance_scale == 2.5
+    # Both exports record the canvas size the run trained at (the scenes are 128 px), for the editor's warning.
+    assert pipe.trained_sizes == at3_pipe.trained_sizes == [(128, 128)]
     assert main(["train-export", str(run), "--step", "4", "-o", str(tmp_path / "at4")]) == 2
     assert not (tmp_path / "at4").exists()
     # --vae swaps in another VAE (a fine-tuned decoder): its weights, not the run's.
@@ -792,3 +794,22 @@ def test_vae_anchored_encoder_training(scenes_dir, tmp_path):
             train_vae(VaeTrainConfig(data=str(scenes_dir), output=str(tmp_path / "bad"), steps=1, batch_size=2,
                                      crop=64, model="tiny-random", **bad), progress=False)
     assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+def test_compile_flag_wraps_the_transformer_and_keeps_the_weights_shared(scenes_dir, tmp_path):
+    """`--compile` hands the step a torch.compile'd transformer (compiled lazily, on the first step: minutes on
+    a CPU, so not run here); what is trained, averaged and exported is the same module underneath."""
+    from layercomposer.cli import build_parser
+    from layercomposer.models.denoiser import unwrap
+    from layercomposer.training.config import train_config_from_args
+    from layercomposer.training.train import Trainer
+
+    args = build_parser().parse_args(["train", "--data", str(scenes_dir), "--output", str(tmp_path / "r"), "--compile"])
+    assert train_config_from_args(args).compile
+    trainer = Trainer(_cfg(scenes_dir, tmp_path / "run", compile=True))
+    assert isinstance(trainer.transformer, torch._dynamo.eval_frame.OptimizedModule)
+    inner = unwrap(trainer.transformer)
+    assert inner is trainer._trained_modules()["transformer"]
+    assert {id(p) for p in trainer.optimizer.param_groups[0]["params"]} <= {id(p) for p in inner.parameters()}
+    plain = Trainer(_cfg(scenes_dir, tmp_path / "run2"))
+    assert not isinstance(plain.transformer, torch._dynamo.eval_frame.OptimizedModule)

@@ -49,6 +49,8 @@ class TrainConfig:
     guidance: float = 1.0
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
+    compile: bool = False
+    """torch.compile the transformer (dynamic shapes: batches differ in condition tokens)."""
     seed: int = 0
     save_every: int = 500
     keep_checkpoints: int = 2
@@ -150,6 +152,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=d.guidance, help="guidance embedding value, if any")
     parser.add_argument("--mixed-precision", default=d.mixed_precision, choices=("no", "bf16", "fp16"))
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the transformer (about 100 s once; see docs/TRAINING.md for what it "
+                             "saves per step)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps")
     parser.add_argument("--log-every", type=int, default=d.log_every)

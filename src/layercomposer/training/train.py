@@ -30,6 +30,7 @@ from ..data.scenes import SceneSet
 from ..errors import LayerComposerError
 from ..flow import sample_logit_normal
 from ..models.attention import use_padded_batch_attention, use_stock_attention
+from ..models.denoiser import unwrap
 from ..models.text import TextEmbeddings
 from .batch import Batch, EncodedSample, SampleEncoder, collate, flow_loss, guidance_vector
 from .config import TrainConfig, add_train_arguments, lr_factor, train_config_from_args
@@ -43,6 +44,23 @@ def run_rules(base: TokenRules, merge_locked: bool | None, prune: str | None) ->
     """The token rules a run trains under: the base model's own, except where the run chose (None: inherit)."""
     return TokenRules(base.merge_locked if merge_locked is None else bool(merge_locked),
                       base.prune if prune is None else prune)  # type: ignore[arg-type]
+
+
+def trained_sizes(data: str | Path, resolution: int | None, base: list[tuple[int, int]] | None = None,
+                  scenes: int = 200) -> list[tuple[int, int]]:
+    """The canvas sizes a run trains at, with those of the model it starts from: `resolution` square, or the
+    picture sizes of (up to `scenes` of) the training scenes, read from the files' headers."""
+    from PIL import Image
+
+    sizes = set(base or [])
+    if resolution:
+        sizes.add((int(resolution), int(resolution)))
+    else:
+        for scene in SceneSet.load(data).scenes[:scenes]:
+            for image in scene.images:
+                with Image.open(image.file) as im:
+                    sizes.add(im.size)
+    return sorted(sizes)
 
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
@@ -126,6 +144,9 @@ class Trainer:
         prepared = self.accelerator.prepare(transformer, optimizer, schedule,
                                             *([text_model] if cfg.train_text_encoder else []))
         self.transformer, self.optimizer, self.schedule = prepared[:3]
+        if cfg.compile:
+            # Condition tokens differ in number from batch to batch: compile for dynamic shapes at once.
+            self.transformer = torch.compile(self.transformer, dynamic=True)
         self.text_model = prepared[3] if cfg.train_text_encoder else None
         device = self.accelerator.device
         pipe.vae.to(device)
@@ -217,7 +238,7 @@ class Trainer:
 
     def _trained_modules(self) -> dict[str, torch.nn.Module]:
         """The modules being trained, unwrapped, by the prefix their weights have in the EMA file."""
-        modules = {"transformer": self.accelerator.unwrap_model(self.transformer)}
+        modules = {"transformer": unwrap(self.accelerator.unwrap_model(self.transformer))}
         if self.text_model is not None:
             modules["text_encoder"] = self.accelerator.unwrap_model(self.text_model)
         return modules
@@ -332,7 +353,7 @@ class Trainer:
             return self._export()
 
     def _export(self) -> Path:
-        transformer = self.accelerator.unwrap_model(self.transformer)
+        transformer = unwrap(self.accelerator.unwrap_model(self.transformer))
         if self.cfg.lora_rank > 0:
             import diffusers
             from peft.utils import get_peft_model_state_dict
@@ -352,6 +373,7 @@ class Trainer:
         use_stock_attention(transformer)  # inference (batch 1) uses diffusers' stock processor
         pipe = LayerComposerPipeline(transformer, self.pipe.vae, te, self.pipe.schedule, self.pipe.guidance_scale,
                                      self.pipe.default_steps, name=self.pipe.name, rules=self.rules)
+        pipe._trained_sizes = trained_sizes(self.cfg.data, self.cfg.resolution, self.pipe.trained_sizes)
         from diffusers.utils import logging as diffusers_logging
 
         dtype = getattr(torch, self.cfg.export_dtype)
@@ -492,6 +514,7 @@ def export_checkpoint(run: str | Path, out: str | Path, step: int | None = None,
             modules["text_encoder"] = pipe.text_encoder.model
         copy_into(modules, load_file(ckpt / EMA_FILE))
     pipe.conditioning.rules = run_rules(pipe.rules, cfg.get("merge_locked"), cfg.get("prune"))
+    pipe._trained_sizes = trained_sizes(cfg["data"], cfg.get("resolution"), pipe.trained_sizes)
     pipe.name = name or out.name
     if guidance_scale is not None:
         pipe.guidance_scale = float(guidance_scale)  # the default `generate` uses
