@@ -1,4 +1,4 @@
-"""The canvas contract (DESIGN.md section 2): file format, rendering, flattening and every bad input."""
+"""The canvas contract (docs/DESIGN.md section 2): file format, rendering, flattening and every bad input."""
 
 from __future__ import annotations
 

@@ -195,8 +195,8 @@ def test_bad_input_is_one_line_exit_2_and_no_output(small_canvas, tmp_path, argv
     assert not out_png.exists() and not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*.part"))
 
 
-def test_readme_tokens_example_is_true():
-    readme = (ROOT / "README.md").read_text()
+def test_design_tokens_example_is_true():
+    readme = (ROOT / "docs" / "DESIGN.md").read_text()
     marker = "`layercomposer tokens examples/four-sprites.json` prints"
     assert marker in readme
     block = readme.split(marker, 1)[1].split("```", 2)[1].strip("\n")

@@ -1,4 +1,4 @@
-"""Conditioning (DESIGN.md section 3): token counts, ids with locking, the three modes, the latent cache."""
+"""Conditioning (docs/DESIGN.md section 3): token counts, ids with locking, the three modes, the latent cache."""
 
 from __future__ import annotations
 

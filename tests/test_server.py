@@ -163,7 +163,7 @@ def test_token_statistics_follow_a_models_pruning_rule(tmp_path, pipe):
         info = upload(c, png(32, 32))
         layers = [{"name": "a", "image": info["id"], "x": 20, "y": 20}]
         stats = c.post("/api/tokens", json={"canvas": canvas_doc(info["id"], layers=layers)}).json()
-    # [20, 52) meets cells 1, 2 and 3 each way (it holds only centres 24 and 40: 4 under DESIGN's rule).
+    # [20, 52) meets cells 1, 2 and 3 each way (it holds only centres 24 and 40: 4 under the centre rule).
     assert stats["layers"][0]["tokens"] == 9 and stats["total"] == 9
 
 

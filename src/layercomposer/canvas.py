@@ -1,6 +1,6 @@
 """The layered canvas: data model, file format v1 (JSON and `.lcz` bundle), rendering and flattening.
 
-DESIGN.md section 2 is the contract. Coordinates are pixels, origin top-left, y down. ``x, y`` place the
+docs/DESIGN.md section 2 is the contract. Coordinates are pixels, origin top-left, y down. ``x, y`` place the
 top-left corner of the scaled, unrotated image; ``rotation`` is in degrees counter-clockwise about the centre
 of the scaled image. Layers are ordered back to front.
 """
@@ -245,7 +245,7 @@ class Canvas:
     # -- validation ----------------------------------------------------------------------------------------
 
     def validate(self, where: str = "canvas") -> Canvas:
-        """Check the limits of DESIGN.md section 2 on an in-memory canvas; returns self."""
+        """Check the limits of docs/DESIGN.md section 2 on an in-memory canvas; returns self."""
         _check_side(self.width, f"{where}: width")
         _check_side(self.height, f"{where}: height")
         if self.prompt is not None and not isinstance(self.prompt, str):

@@ -106,12 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--json", action="store_true", help="print JSON instead of a table")
     tok.add_argument("--model", default=None,
                      help="count as this model does (its merged locked layers and pruning rule, read from its "
-                     "model_index.json; no weights loaded); default: DESIGN's rules")
+                     "model_index.json; no weights loaded); default: one group per layer, centre pruning "
+                     "(docs/DESIGN.md section 3)")
     tok.add_argument("--merge-locked", action="store_true",
                      help="count as a model with merged locked layers does (one group for all locked layers)")
     tok.add_argument("--prune", choices=PRUNE_RULES, default=None,
-                     help="pruning rule: centre (DESIGN: a cell is kept iff its centre pixel is opaque) or cover "
-                     "(iff any of its pixels is)")
+                     help="pruning rule: centre (the default, docs/DESIGN.md section 3: a cell is kept iff its "
+                     "centre pixel is opaque) or cover (iff any of its pixels is)")
     tok.set_defaults(func=cmd_tokens)
 
     flat = sub.add_parser("flatten", help="flatten a canvas into its rough collage",
@@ -329,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc_sub = sc.add_subparsers(dest="scenes_command", required=True, metavar="SCENES_COMMAND")
     sb = sc_sub.add_parser("build", help="turn folders of photos of the same people into training scenes",
                            description="One sub-folder of PHOTOS_DIR per scene (several photos of the same "
-                           "people) -> DESIGN.md section 4 scenes: one layer per person per photo, identities "
+                           "people) -> docs/DESIGN.md section 4 scenes: one layer per person per photo, identities "
                            "matched across photos by face embedding, background with the people inpainted away. "
                            "Prompt: <photo>.txt, else the scene's prompt.txt, else --template. Needs the photo "
                            "extra.")
@@ -549,7 +550,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     if args.model:
         from .models.registry import resolve_model, token_rules
 
-        resolve_model(args.model)  # a model that does not exist is an error here, not DESIGN's rules
+        resolve_model(args.model)  # a model that does not exist is an error here, not the default rules
         rules = token_rules(args.model)
     rules = TokenRules(args.merge_locked or rules.merge_locked, args.prune or rules.prune)
     canvas = load_canvas(args.canvas)

@@ -1,4 +1,4 @@
-"""Canvas -> conditioning tokens (DESIGN.md section 3): layer latents, transparent pruning, ids with locking.
+"""Canvas -> conditioning tokens (docs/DESIGN.md section 3): layer latents, transparent pruning, ids with locking.
 
 Every mode goes through one path: `plan()` decides, per token group, which grid cells are kept and which
 first-axis id the group gets; `build()` encodes each group's picture with the VAE (cached by content and
@@ -15,8 +15,8 @@ hides under another locked layer can never show; merging drops only that, and le
 cell instead of several tokens with the same id (a background and the characters in front of it), whose
 order the model could only guess from their content. A model is trained one way and run the same way.
 
-Pruning rule (`prune`, also a property of a model): DESIGN's `centre` keeps a cell iff the alpha sampled at
-its centre pixel is > 0.5. `cover` keeps a cell iff any of its pixels has alpha > 0.5, so a layer's edge
+Pruning rule (`prune`, also a property of a model): the default, `centre`, keeps a cell iff the alpha sampled
+at its centre pixel is > 0.5. `cover` keeps a cell iff any of its pixels has alpha > 0.5, so a layer's edge
 cells enter too: at 256 px a small character loses about a third of its pixels to `centre`, and a model
 can only guess what it was not shown (docs/TRAINING.md measures it). Cost still follows visible area.
 """
@@ -73,7 +73,7 @@ def cell_max(alpha: np.ndarray) -> np.ndarray:
 
 
 def keep_mask(alpha: np.ndarray, rule: PruneRule = "centre") -> np.ndarray:
-    """Transparent latent pruning: True where the cell's centre pixel (`centre`, DESIGN's rule) or any of its
+    """Transparent latent pruning: True where the cell's centre pixel (`centre`, the default) or any of its
     pixels (`cover`) has alpha > 0.5."""
     if rule == "centre":
         return nearest_grid(alpha) > ALPHA_THRESHOLD
@@ -84,8 +84,8 @@ def keep_mask(alpha: np.ndarray, rule: PruneRule = "centre") -> np.ndarray:
 
 @dataclass(frozen=True)
 class TokenRules:
-    """How a model turns canvases into tokens where it departs from DESIGN's defaults (module docstring).
-    A model is trained under its rules and keeps them in its model_index.json."""
+    """How a model turns canvases into tokens where it departs from the defaults (module docstring; docs/DESIGN.md
+    section 3). A model is trained under its rules and keeps them in its model_index.json."""
 
     merge_locked: bool = False
     prune: PruneRule = "centre"
@@ -102,7 +102,7 @@ class TokenRules:
 
     @classmethod
     def from_index(cls, index: dict[str, Any]) -> TokenRules:
-        """Read from a model_index.json (missing entries: DESIGN's defaults); bad values raise."""
+        """Read from a model_index.json (missing entries: the defaults); bad values raise."""
         return cls(index.get("merge_locked_layers", False), index.get("prune_rule", "centre"))
 
 

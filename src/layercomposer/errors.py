@@ -12,7 +12,7 @@ class LayerComposerError(Exception):
 
 
 class CanvasError(LayerComposerError):
-    """A canvas file, bundle or layer image is malformed or breaks a limit of DESIGN.md section 2."""
+    """A canvas file, bundle or layer image is malformed or breaks a limit of docs/DESIGN.md section 2."""
 
 
 class ModelError(LayerComposerError):

@@ -1,6 +1,6 @@
 """Rectified-flow math shared by the sampler and the trainer (so the two cannot drift apart).
 
-Convention (FLUX / DESIGN.md section 4): ``x_t = (1 - t) x0 + t e`` with t = 1 pure noise, the network
+Convention (FLUX / docs/DESIGN.md section 4): ``x_t = (1 - t) x0 + t e`` with t = 1 pure noise, the network
 predicts the velocity ``e - x0``, and Euler integrates from t = 1 down to 0.
 """
 

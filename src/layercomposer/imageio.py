@@ -10,7 +10,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import CanvasError
 
 MAX_IMAGE_PIXELS = 40_000_000
-"""Largest image accepted anywhere (DESIGN.md section 2): 40 megapixels."""
+"""Largest image accepted anywhere (docs/DESIGN.md section 2): 40 megapixels."""
 
 MAX_IMAGE_BYTES = 256 * 1024 * 1024
 """Largest encoded image file accepted (a 40 MP PNG is far below this)."""

@@ -83,7 +83,7 @@ class GenerationResult:
 
 
 class LayerComposerPipeline:
-    """Renders a layered canvas into one picture (DESIGN.md section 3)."""
+    """Renders a layered canvas into one picture (docs/DESIGN.md section 3)."""
 
     _trained_sizes: list[tuple[int, int]] | None = None
 

@@ -1,4 +1,4 @@
-"""The training scene format (DESIGN.md section 4): several images of the same subjects, segmented into layers.
+"""The training scene format (docs/DESIGN.md section 4): several images of the same subjects, segmented into layers.
 
 ```
 scenes/<scene_id>/scene.json

@@ -1,4 +1,4 @@
-"""Evaluation in the sprites world, where the true target of every canvas is known (DESIGN.md sections 5, 7).
+"""Evaluation in the sprites world, where the true target of every canvas is known (docs/DESIGN.md sections 5, 7).
 
     layercomposer eval sprites --model demo --collage-model demo-collage --scenes 100 --json out.json
 

@@ -14,7 +14,7 @@ Layered ids on FLUX.2
 ---------------------
 FLUX.2 gives each token a 4-axis id ``(T, H, W, L)``: text token ``l`` is ``(0, 0, 0, l)``, the output's latents
 ``(0, r, c, 0)``, and the pipeline's k-th reference image (k = 0, 1, ...) ``(10 + 10 k, h, w, 0)`` from its own
-top-left corner. Our conditioning's 3-axis ids ``[i, r, c]`` (DESIGN section 3) map to ``(10 i, r, c, 0)``:
+top-left corner. Our conditioning's 3-axis ids ``[i, r, c]`` (docs/DESIGN.md section 3) map to ``(10 i, r, c, 0)``:
 
 - noisy tokens ``[0, r, c]`` -> ``(0, r, c, 0)``, the pipeline's own output ids;
 - **locked** layers ``[0, r, c]`` -> ``(0, r, c, 0)``: they share the output's index, at their canvas cells;

@@ -154,8 +154,8 @@ def resolve_model(model: str | Path) -> ModelConfig | Path:
 
 def token_rules(model: str | Path) -> TokenRules:
     """How `model` turns canvases into tokens (model_index.json `merge_locked_layers`, `prune_rule`), read
-    without loading weights; DESIGN's defaults for registered configs and for anything that does not resolve
-    or read (loading it reports that)."""
+    without loading weights; the default rules (docs/DESIGN.md section 3) for registered configs and for anything
+    that does not resolve or read (loading it reports that)."""
     try:
         resolved = resolve_model(model)
         if isinstance(resolved, ModelConfig):

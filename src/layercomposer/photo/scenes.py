@@ -1,4 +1,4 @@
-"""The scene builder: folders of photos of the same people -> training scenes (DESIGN.md section 4).
+"""The scene builder: folders of photos of the same people -> training scenes (docs/DESIGN.md section 4).
 
 ``PHOTOS_DIR/<scene>/*.{png,jpg,jpeg,webp}``: each sub-folder is a scene, several photos of the same people.
 For each photo:
@@ -328,7 +328,7 @@ def build_scenes(
     options: BuildOptions | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> BuildReport:
-    """Build every scene of `photos_dir` into `out_dir` (one sub-folder per scene, DESIGN.md section 4)."""
+    """Build every scene of `photos_dir` into `out_dir` (one sub-folder per scene, docs/DESIGN.md section 4)."""
     options = (options or BuildOptions()).check()
     photos_dir, out_dir = Path(photos_dir), Path(out_dir)
     folders = list_scene_folders(photos_dir)

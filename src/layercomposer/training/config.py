@@ -25,7 +25,7 @@ class TrainConfig:
     """Locked layers flattened into one token group (conditioning's module docstring); None: as the base
     model was trained (False for a registered config or a FLUX folder). Written into the exported model."""
     prune: str | None = None
-    """Pruning rule, `centre` (DESIGN) or `cover` (conditioning's module docstring); None: as the base model
+    """Pruning rule, `centre` or `cover` (docs/DESIGN.md section 3); None: as the base model
     was trained. Written into the exported model."""
     steps: int = 1000
     batch_size: int = 4
@@ -108,7 +108,7 @@ KONTEXT_PRESET = {
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig(data="", output="")
-    parser.add_argument("--data", required=True, help="folder of scenes (DESIGN.md section 4 format)")
+    parser.add_argument("--data", required=True, help="folder of scenes (docs/DESIGN.md section 4 format)")
     parser.add_argument("--output", required=True, help="run folder: checkpoints, metrics, final model")
     parser.add_argument("--model", default=d.model, help="base: a registered config (random init) or a model dir")
     parser.add_argument("--base", default=None, metavar="KONTEXT_OR_KLEIN_DIR",
@@ -125,9 +125,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         "instead of one from another picture (0: the paper's sampling); teaches copying from "
                         "unlocked layers. The held-out loss always uses the paper's sampling")
     parser.add_argument("--prune", default=None, choices=PRUNE_RULES,
-                        help="which grid cells of a layer become tokens: centre (DESIGN: the cell's centre pixel "
-                        "is opaque) or cover (any pixel of the cell is); default: as the base model was trained; "
-                        "the exported model remembers it")
+                        help="which grid cells of a layer become tokens: centre (docs/DESIGN.md section 3: the "
+                        "cell's centre pixel is opaque) or cover (any pixel of the cell is); default: as the base "
+                        "model was trained; the exported model remembers it")
     parser.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per micro-batch per process")
     parser.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")

@@ -1,4 +1,4 @@
-"""Locking-aware data sampling (DESIGN.md section 4; the paper's complementary data sampling strategy).
+"""Locking-aware data sampling (docs/DESIGN.md section 4; the paper's complementary data sampling strategy).
 
 For a target picture T of a scene: a random subset of T's layers is locked (T's own layers, pixel-aligned,
 untouched); every other subject of T enters unlocked, cut from a *different* picture of the same scene

@@ -1,7 +1,7 @@
 """The sprites world: a procedural multi-image-per-scene dataset for training and measuring the demo model.
 
 Characters (identity = shape, colours, pattern, eyes, accessory) are re-posed and re-lit in several images of
-one scene; every image comes with exact per-character RGBA layers and its background (DESIGN.md sections 4-5).
+one scene; every image comes with exact per-character RGBA layers and its background (docs/DESIGN.md sections 4-5).
 Pure Pillow + numpy: no torch here.
 """
 

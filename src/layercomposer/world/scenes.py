@@ -88,7 +88,7 @@ class Scene:
         return [i.id for i in self.identities]
 
     def to_json(self) -> dict[str, Any]:
-        """The scene.json content (DESIGN.md section 4 plus background, lighting and order)."""
+        """The scene.json content (docs/DESIGN.md section 4 plus background, lighting and order)."""
         images = []
         for k, im in enumerate(self.images):
             layers = {sid: f"layers/img{k}/{sid}.png" for sid in self.subjects}
