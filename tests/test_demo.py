@@ -20,7 +20,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def test_weights_live_in_the_imported_package_and_fit_the_budget():
     assert WEIGHTS_DIR.parent == Path(layercomposer.__file__).resolve().parent
     files = [p for p in WEIGHTS_DIR.rglob("*") if p.is_file()]
-    assert files and all(p.suffix in {".json", ".safetensors", ".txt"} for p in files)  # nothing pickled
+    assert files and all(p.suffix in {".json", ".safetensors", ".txt", ".md"} for p in files)  # nothing pickled
+    assert all((p / "README.md").is_file() for p in WEIGHTS_DIR.iterdir() if p.is_dir())  # a model card each
     assert sum(p.stat().st_size for p in files) <= 30 * 2**20
 
 
