@@ -411,3 +411,17 @@ def test_examples_figure(tmp_path):
     # with a strength: one more column, the layered model image-to-image
     out = examples_figure("tiny-random", root, tmp_path / "examples-s.png", steps=2, strength=0.5)
     assert Image.open(out).size == (4 * 228 + 4, 22 + n * 228 + 4)
+
+
+def test_identity_target_needs_60_percent_and_10_points_over_the_collage_model():
+    from layercomposer.eval.sprites import _identity_met
+
+    def summary(layered, collage):
+        engines = {"layered": {"top1": layered}, **({"collage": {"top1": collage}} if collage is not None else {})}
+        return {"identity": {"engines": engines}}
+
+    assert _identity_met(summary(0.65, 0.50)) is True
+    assert _identity_met(summary(0.65, 0.60)) is False  # 5 points over the collage model only
+    assert _identity_met(summary(0.55, 0.10)) is False  # under 60%
+    assert _identity_met(summary(0.60, None)) is True  # no collage model measured: the level alone
+    assert _identity_met({}) is None
