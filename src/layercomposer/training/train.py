@@ -4,8 +4,9 @@
     accelerate launch -m layercomposer.training.train --data ... --output ...      # many GPUs / nodes
 
 Each step's data, noise and timesteps come from RNGs seeded by (seed, step, micro-step, process), so a
-resumed run repeats exactly what an uninterrupted run does; checkpoints hold the model, optimizer and
-scheduler (accelerate's `save_state`).
+resumed run repeats what an uninterrupted run does (the same data, noise and times; losses equal up to
+float rounding, about 1 ulp, where two uninterrupted runs are bit-identical); checkpoints hold the model,
+optimizer and scheduler (accelerate's `save_state`).
 """
 
 from __future__ import annotations
