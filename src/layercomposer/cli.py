@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --occlusion-only: select canvases by hidden pixels of unlocked characters (default) "
                     "or of any layer (the occlusion subset RESULTS.md judges the target on)")
     es.set_defaults(func=cmd_eval_sprites)
-    ei = ev_sub.add_parser("identifier", help="train the sprites identity metric on renders (about 10 min)",
+    ei = ev_sub.add_parser("identifier", help="train the sprites identity metric on renders (about 14 min)",
                            description="Train the identifier that `eval sprites` uses for unlocked characters' "
                            "identity (the sprites world's ArcFace): a small CNN over the held-out identities, "
                            "trained only on fresh renders of them (random pose, size, light, background, "

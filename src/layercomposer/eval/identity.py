@@ -7,7 +7,7 @@ true target): the region's bounding box, square-padded, pixels outside the regio
 resized to `IdentifierConfig.size`. Identification is top-1 among a candidate set (the true identity, its
 scene-mates and random other held-out identities: `candidates`), as a face-recognition gallery would.
 
-    layercomposer eval identifier --out src/layercomposer/weights/sprites-identifier     # about 4 min, 1 thread
+    layercomposer eval identifier --out src/layercomposer/weights/sprites-identifier     # about 14 min, 1 thread
 
 The weights ship in the package (`IDENTIFIER_DIR`); `eval sprites` loads them.
 """
@@ -33,7 +33,7 @@ GALLERY = 40
 """Candidates per query: the true identity, its scene-mates, and random other held-out identities."""
 MIN_VISIBLE_PIXELS = 300
 """A character enters the identity metric when the target shows at least this many of its pixels (about a
-17x17 square): below it, a character is too hidden to be recognised even on the target (measured)."""
+17x17 square; a choice: with it, the target's own region is recognised 100% of the time on the proxy set)."""
 FILL = 128
 
 
@@ -234,7 +234,7 @@ class Identifier:
 
 
 def train_identifier(config: IdentifierConfig | None = None, log=print) -> Identifier:
-    """Train an identifier on renders of the `config.split` identities (seeded; about 4 min on one thread)."""
+    """Train an identifier on renders of the `config.split` identities (seeded; about 14 min on one thread)."""
     from ..world import split_indices
 
     config = config or IdentifierConfig()
