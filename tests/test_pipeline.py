@@ -336,3 +336,56 @@ def test_pruning_rule_is_a_property_of_the_saved_model(tiny_pipe, tmp_path):
     (tmp_path / "m" / "model_index.json").write_text(json.dumps({**index, "prune_rule": "edges"}))
     with pytest.raises(ModelError, match=r"model_index.json: prune_rule: one of centre, cover, got 'edges'"):
         LayerComposerPipeline.from_pretrained(tmp_path / "m")
+
+
+def test_check_stops_generation_before_each_vae_encode_sampling_and_decoding():
+    """`check` is called before each VAE encode of the conditioning, before sampling and before decoding;
+    raising from it stops there: nothing after that point runs (a cancelled job does no more work)."""
+    from conftest import layer, solid
+    from layercomposer.canvas import Canvas
+
+    pipe = LayerComposerPipeline.from_pretrained("tiny-random")
+    canvas = Canvas(64, 64, [layer("a", solid(20, 20)), layer("b", solid(12, 30, (0, 0, 255, 255)), x=30)])
+    ran = {"encode": 0, "transformer": 0, "decode": 0}
+
+    def count(key):
+        return lambda *args: ran.__setitem__(key, ran[key] + 1)
+
+    hooks = [pipe.vae.encoder.register_forward_hook(count("encode")),
+             pipe.transformer.register_forward_hook(count("transformer")),
+             pipe.vae.decoder.register_forward_hook(count("decode"))]
+
+    class Stop(Exception):
+        pass
+
+    def run(stop_at):
+        calls = []
+
+        def check():
+            calls.append(dict(ran))
+            if len(calls) == stop_at:
+                raise Stop
+
+        pipe.conditioning.clear()
+        for key in ran:
+            ran[key] = 0
+        try:
+            pipe.generate(canvas, num_inference_steps=2, check=check)
+        except Stop:
+            return calls, dict(ran), True
+        return calls, dict(ran), False
+
+    try:
+        calls, final, stopped = run(0)  # never raises: the whole run, and where each check was
+        assert not stopped and final == {"encode": final["encode"], "transformer": 2, "decode": 1}
+        encodes = final["encode"]
+        assert encodes >= 1
+        # one check before each encode, then one before sampling and one before decoding
+        assert calls == [{"encode": k, "transformer": 0, "decode": 0} for k in range(encodes)] + [
+            {"encode": encodes, "transformer": 0, "decode": 0}, {"encode": encodes, "transformer": 2, "decode": 0}]
+        for stop_at in range(1, len(calls) + 1):
+            _, after, stopped = run(stop_at)
+            assert stopped and after == calls[stop_at - 1]  # nothing ran after the raising check
+    finally:
+        for h in hooks:
+            h.remove()

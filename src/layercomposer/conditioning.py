@@ -352,14 +352,15 @@ class ConditioningBuilder:
             self._encode_missing([group.key for plan in plans for group in plan.groups], canvases[0])
         return plans
 
-    def build(self, canvas: Canvas, mode: Mode = "layered") -> Conditioning:
-        """The condition tokens and ids of `canvas` in `mode`, encoding only layers not already cached."""
+    def build(self, canvas: Canvas, mode: Mode = "layered", check: Callable[[], None] | None = None) -> Conditioning:
+        """The condition tokens and ids of `canvas` in `mode`, encoding only layers not already cached.
+        `check` is called before each VAE call and may raise to stop (a cancelled job)."""
         import torch
 
         if self.encoder is None:
             raise RuntimeError("ConditioningBuilder.build needs an encoder")
         plan = self.plan(canvas, mode)
-        self._encode_missing([group.key for group in plan.groups], canvas)
+        self._encode_missing([group.key for group in plan.groups], canvas, check)
         token_parts, id_parts = [], []
         for group in plan.groups:
             all_tokens = self._tokens(group.key, canvas)  # (rows*cols, D)
@@ -374,13 +375,16 @@ class ConditioningBuilder:
             tokens, ids = None, torch.zeros((0, 3), dtype=torch.int64)
         return Conditioning(tokens=tokens, ids=ids, plan=plan)
 
-    def _encode_missing(self, keys: list[tuple[Any, ...]], canvas: Canvas) -> None:
+    def _encode_missing(self, keys: list[tuple[Any, ...]], canvas: Canvas,
+                        check: Callable[[], None] | None = None) -> None:
         """Encode the cached renders of `keys` that have no latents yet, `encode_batch` pictures per VAE call."""
         import torch
 
         missing = [key for key in dict.fromkeys(keys) if self._cache[key].tokens is None]
         rows, cols = canvas.grid
         for start in range(0, len(missing), self.encode_batch):
+            if check is not None:
+                check()
             chunk = [self._cache[key] for key in missing[start:start + self.encode_batch]]
             if any(entry.image is None for entry in chunk):  # evicted render (cannot happen within one build)
                 raise RuntimeError("layer render missing from cache")

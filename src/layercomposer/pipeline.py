@@ -6,6 +6,7 @@ import json
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -358,9 +359,10 @@ class LayerComposerPipeline:
                 self._prompt_cache.popitem(last=False)
         return cached
 
-    def condition(self, canvas: Canvas, mode: Mode = "layered") -> Conditioning:
+    def condition(self, canvas: Canvas, mode: Mode = "layered", check: Callable[[], None] | None = None
+                  ) -> Conditioning:
         """The canvas's condition tokens and ids (cached per layer)."""
-        return self.conditioning.build(canvas, mode)
+        return self.conditioning.build(canvas, mode, check)
 
     # -- generation ----------------------------------------------------------------------------------------
 
@@ -376,8 +378,12 @@ class LayerComposerPipeline:
         callback: StepCallback | None = None,
         hard_lock: bool = False,
         strength: float = 1.0,
+        check: Callable[[], None] | None = None,
     ) -> GenerationResult:
         """Render `canvas`; `prompt` overrides the canvas's own. Same seed, same picture (bit for bit on CPU).
+
+        `check` is called before each VAE encode of the conditioning, before sampling and before decoding,
+        and may raise to stop there (a cancelled job); `callback` does the same between sampling steps.
 
         `hard_lock=True` also holds the latent pixels (8x8 px) that show locked layers only to those
         layers' latents while sampling (inpainting-style; see `conditioning.hard_lock_target`): fidelity
@@ -402,7 +408,7 @@ class LayerComposerPipeline:
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
 
-        cond = self.condition(canvas, mode)
+        cond = self.condition(canvas, mode, check)
         t1 = time.perf_counter()
         seconds["condition"] = t1 - t0
         emb = self.encode_prompt(text)
@@ -437,6 +443,8 @@ class LayerComposerPipeline:
         known, hard_locked = None, (0 if hard_lock else None)
         if hard_lock:
             with torch.no_grad():
+                if check is not None:
+                    check()
                 held, x0 = self.conditioning.hard_lock(canvas)  # cached: an unchanged canvas encodes once
             if x0 is not None:
                 channels = x0.shape[-1] // 4
@@ -450,11 +458,15 @@ class LayerComposerPipeline:
         if skipped:
             if not canvas.visible_layers():
                 raise LayerComposerError("strength: below 1 needs a visible layer to start from")
-            drawn = self.condition(canvas, "collage").tokens.to(device, dtype)  # the flattened canvas, cached
+            drawn = self.condition(canvas, "collage", check).tokens.to(device, dtype)  # the flattened canvas
             start = add_noise(drawn, noise, sigmas[:1])
+        if check is not None:
+            check()
         latents = sample_euler(velocity, start, sigmas, callback, known)
         t2 = time.perf_counter()
         seconds["sample"] = t2 - t1
+        if check is not None:
+            check()
         image = self.decode(latents, (rows, cols))
         seconds["decode"] = time.perf_counter() - t2
         return GenerationResult(image=image, prompt=text, seed=int(seed), steps=steps, guidance_scale=guidance,
@@ -472,10 +484,11 @@ class LayerComposerPipeline:
         callback: StepCallback | None = None,
         hard_lock: bool = False,
         strength: float = 1.0,
+        check: Callable[[], None] | None = None,
     ) -> Image.Image:
         """Render `canvas` and return the picture (see `generate` for the details)."""
         return self.generate(canvas, prompt, num_inference_steps, guidance_scale, seed, mode, callback,
-                             hard_lock, strength).image
+                             hard_lock, strength, check).image
 
     def preview(self, tokens: torch.Tensor, grid: tuple[int, int]) -> Image.Image:
         """Decode intermediate latents (e.g. a StepEvent's `denoised`) for a progress preview."""

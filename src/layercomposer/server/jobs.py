@@ -264,9 +264,12 @@ class JobManager:
             self._emit(job, "started", total=job.total)
         grid = job.canvas.grid
 
-        def progress(event: Any) -> None:
+        def check() -> None:
             if job.cancel.is_set():
                 raise Cancelled
+
+        def progress(event: Any) -> None:
+            check()
             preview = None
             if (self.preview_every and event.denoised is not None and event.step % self.preview_every == 0
                     and event.step < event.total):
@@ -281,7 +284,7 @@ class JobManager:
             else:
                 result = pipe.generate(job.canvas, prompt=s.prompt, num_inference_steps=s.steps,
                                        guidance_scale=s.guidance, seed=s.seed, mode=s.mode, callback=progress,
-                                       hard_lock=s.hard_lock, strength=s.strength)
+                                       hard_lock=s.hard_lock, strength=s.strength, check=check)
                 image = result.image
                 job.png_settings = {**result.settings(), "model": self.model_names[0]}
                 stats = {"tokens": result.plan.total, "noisy": result.plan.noisy, "mode": result.plan.mode,
