@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -35,3 +42,24 @@ def tiny_pipe():
     from layercomposer.pipeline import LayerComposerPipeline
 
     return LayerComposerPipeline.from_pretrained("tiny-random")
+
+
+def cli(*args):
+    """The command in this process (its stderr captured): the import cost of a fresh process is paid once."""
+    from layercomposer.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return SimpleNamespace(returncode=code, stderr=err.getvalue())
+
+
+def console(*args):
+    """The command as users run it, `python -m layercomposer` in a fresh process."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "layercomposer", *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def pixels(path):
+    return np.asarray(Image.open(path).convert("RGB"), int)

@@ -4,19 +4,14 @@ padded training batches, generate / refine / train through the CLI, and the trai
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
-import subprocess
-import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import cli, console, pixels
 from tiny_models import save_tiny_klein
 
 
@@ -50,27 +45,6 @@ def canvas_file(tmp_path_factory):
                       {"name": "yellow", "image": "yellow.png", "x": 64, "y": 48}]}
     (root / "c.json").write_text(json.dumps(doc))
     return root / "c.json"
-
-
-def cli(*args):
-    """The command in this process (its stderr captured): the import cost of a fresh process is paid once."""
-    from layercomposer.cli import main
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return SimpleNamespace(returncode=code, stderr=err.getvalue())
-
-
-def console(*args):
-    """The command as users run it, `python -m layercomposer` in a fresh process."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "layercomposer", *args], capture_output=True, text=True,
-                          timeout=300, env=env)
-
-
-def pixels(path):
-    return np.asarray(Image.open(path).convert("RGB"), int)
 
 
 def test_klein_folder_is_detected(pipe, klein_dir):

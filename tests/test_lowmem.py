@@ -3,13 +3,7 @@ diffusers' group offloading, the attention-backend flag; the CUDA-only back-ends
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
-import subprocess
-import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from conftest import cli, console, pixels
 from layercomposer.errors import ModelError
 from tiny_models import save_tiny_kontext, write_gguf
 
@@ -46,27 +41,6 @@ def canvas_file(tmp_path_factory):
                       {"name": "b", "image": "b.png", "x": 40, "y": 8}]}
     (root / "c.json").write_text(json.dumps(doc))
     return root / "c.json"
-
-
-def cli(*args):
-    """The command in this process (its stderr captured): the import cost of a fresh process is paid once."""
-    from layercomposer.cli import main
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return SimpleNamespace(returncode=code, stderr=err.getvalue())
-
-
-def console(*args):
-    """The command as users run it, `python -m layercomposer` in a fresh process."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "layercomposer", *args], capture_output=True, text=True,
-                          timeout=300, env=env)
-
-
-def pixels(path):
-    return np.asarray(Image.open(path).convert("RGB"), int)
 
 
 def transformer_output(transformer):
