@@ -4,15 +4,17 @@
 # equal steps), export that checkpoint and measure it on the fixed 48-case proxy set. One torch thread.
 #
 #   scripts/proxy_run.sh NAME DATA_DIR [train flags...]      # e.g. scripts/proxy_run.sh control data/train --aligned-unlocked 0.7
-#   env: HELDOUT (default data/heldout), RUNS (default runs), STEPS (default 200)
+#   env: HELDOUT (default data/heldout), RUNS (default runs), STEPS (default 200), MODEL (default the shipped
+#   demo), POOL (default RUNS/pool-NAME: an existing pool cache of the same data and sampling is reused)
 set -euo pipefail
 NAME=$1; DATA=$2; shift 2
 HELDOUT=${HELDOUT:-data/heldout}; RUNS=${RUNS:-runs}; STEPS=${STEPS:-200}
+MODEL=${MODEL:-src/layercomposer/weights/demo}; POOL=${POOL:-$RUNS/pool-$NAME}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 [ -d "$HELDOUT" ] || layercomposer world generate --out "$HELDOUT" --scenes 200 --seed 1 --size 256 --split heldout
-layercomposer train --data "$DATA" --output "$RUNS/$NAME" --model src/layercomposer/weights/demo \
+layercomposer train --data "$DATA" --output "$RUNS/$NAME" --model "$MODEL" \
   --train-text-encoder --steps 500 --batch-size 8 --lr 3e-4 --warmup 50 --lr-schedule linear --ema-decay 0.995 \
-  --sample-pool 800 --pool-cache "$RUNS/pool-$NAME" --eval-data "$HELDOUT" --eval-every 200 --save-every 100 \
+  --sample-pool 800 --pool-cache "$POOL" --eval-data "$HELDOUT" --eval-every 200 --save-every 100 \
   --export-dtype float16 "$@" &
 TRAIN=$!
 ckpt=$(printf "%s/%s/checkpoints/step-%07d/trainer_state.json" "$RUNS" "$NAME" "$STEPS")

@@ -167,7 +167,8 @@ def _place_one(
         gap = (half_w + other) * float(rng.uniform(0.35, 0.75))
         cx = near.centre[0] + gap * (1 if rng.random() < 0.5 else -1)
     else:
-        cx = float(rng.uniform(half_w, 1 - half_w))
+        # A character wider than the picture (`--heights` up to 0.6) is centred somewhere in the middle.
+        cx = float(rng.uniform(min(half_w, 0.5), max(1 - half_w, 0.5)))
     cx = float(np.clip(cx, half_w - 0.04, 1 - half_w + 0.04))
     return Placement(identity.id, pose, (cx, cy), h)
 
