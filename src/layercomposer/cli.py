@@ -27,7 +27,7 @@ _IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP
 
 
 DEFAULT_MAX_TOKENS = 16384
-"""`generate --max-tokens` and the editor's default (the server's `DEFAULT_MAX_TOKENS`)."""
+"""`generate --max-tokens`, `refine --max-tokens` and the editor's default (the server's `DEFAULT_MAX_TOKENS`)."""
 
 REGISTERED_MODELS = ("tiny-random", "demo-base")
 """The names of `models.registry.REGISTRY`, known here without importing it (it imports torch); a test keeps
@@ -192,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--guidance", type=float, default=None)
     ref.add_argument("--seed", type=int, default=0)
     ref.add_argument("--device", default=None)
+    ref.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                     help="refuse a source of more tokens than this (noisy + the collage, one token per 16x16 px; "
+                     f"the demo backend counts a canvas as the collage mode does; default {DEFAULT_MAX_TOKENS}, "
+                     "about 1024x1024 px)")
     add_memory_arguments(ref, dtype=False, vae_tiling=False)
     ref.set_defaults(func=cmd_refine, quick_exit=True)
 
@@ -500,7 +504,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise LayerComposerError(f"--strength: must be in (0, 1], got {args.strength}")
     if args.strength < 1.0 and not canvas.visible_layers():
         raise LayerComposerError("--strength: below 1 needs a visible layer to start from")
-    _check_token_count(canvas, model, args.mode, args.max_tokens)
+    _check_token_count(canvas, model, args.mode, args.max_tokens, args.steps, args.device, args.dtype)
     from .models.flux import parse_lora_spec
 
     for spec in args.lora:
@@ -678,6 +682,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
     check_model(model)
     backend = args.backend or auto_backend(resolve_model(model))
+    _check_refine_token_count(source, backend, model, args.max_tokens, args.steps, args.device)
 
     settings = RefineSettings(instruction=args.instruction, steps=args.steps, guidance=args.guidance,
                               seed=args.seed, loras=args.lora, trigger=args.trigger,
@@ -1004,22 +1009,66 @@ def _check_output(path_str: str) -> Path:
     return path
 
 
-def _check_token_count(canvas: Any, model: str, mode: str, limit: int) -> None:
+def _check_token_count(canvas: Any, model: str, mode: str, limit: int, steps: int | None = None,
+                       device: str | None = None, dtype: str = "auto") -> None:
     """Refuse a canvas whose token count (noisy + condition, as `model` counts) is above `limit`, in one line,
     before the model is loaded: time and memory of sampling grow with it."""
-    if limit < 1:
-        raise LayerComposerError(f"--max-tokens: must be at least 1, got {limit}")
+    _check_limit(limit)
     from .conditioning import ConditioningBuilder
     from .models.registry import token_rules
 
     plan = ConditioningBuilder(max_entries=0, rules=token_rules(model)).plan(canvas, mode)
-    total = plan.total + plan.noisy
-    if total > limit:
-        w, h = canvas.generation_size
-        raise LayerComposerError(
-            f"canvas: {total} tokens ({plan.noisy} noisy for {w}x{h} px + {plan.total} condition, {mode}) is above "
-            f"--max-tokens {limit}: it would take far too long and may not fit in memory; make the canvas smaller "
-            "or raise --max-tokens")
+    w, h = canvas.generation_size
+    _refuse_above(plan.total + plan.noisy, f"{plan.noisy} noisy for {w}x{h} px + {plan.total} condition, {mode}",
+                  "canvas", model, limit, steps, device, dtype)
+
+
+def _check_refine_token_count(source: Any, backend: str, model: str, limit: int, steps: int,
+                              device: str | None) -> None:
+    """`_check_token_count` for `refine`: the demo backend counts a canvas as the collage mode does; the other
+    backends get the flattened collage whole, one token per 16x16 px, next to as many noisy tokens (the
+    reference images of --layers-as-references are not counted)."""
+    _check_limit(limit)
+    from .canvas import Canvas
+
+    if backend == "demo":
+        from .refine import _image_canvas
+
+        canvas = source if isinstance(source, Canvas) else _image_canvas(source.convert("RGB"))
+        _check_token_count(canvas, model, "collage", limit, steps, device)
+        return
+    w, h = source.generation_size if isinstance(source, Canvas) else source.size
+    grid = (w // 16) * (h // 16)
+    _refuse_above(2 * grid, f"{grid} noisy for {w // 16 * 16}x{h // 16 * 16} px + {grid} of the collage",
+                  "canvas" if isinstance(source, Canvas) else "image", model, limit, steps, device, "auto")
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 1:
+        raise LayerComposerError(f"--max-tokens: must be at least 1, got {limit}")
+
+
+def _refuse_above(total: int, what: str, name: str, model: str, limit: int, steps: int | None,
+                  device: str | None, dtype: str) -> None:
+    if total <= limit:
+        return
+    from .models.cost import DEFAULT_STEPS, estimate_attention
+
+    cpu = _runs_on_cpu(device)
+    width = 4 if dtype == "float32" or (dtype == "auto" and cpu) else 2
+    estimate = estimate_attention(total, model, bytes_per_element=width, cpu=cpu)
+    raise LayerComposerError(
+        f"{name}: {total} tokens ({what}) is above --max-tokens {limit}: {estimate.describe(steps or DEFAULT_STEPS)};"
+        " make the canvas smaller or raise --max-tokens")
+
+
+def _runs_on_cpu(device: str | None) -> bool:
+    """Whether a command's --device means the CPU (no device: the CPU unless CUDA is available)."""
+    if device is not None:
+        return device.split(":")[0] == "cpu"
+    import torch
+
+    return not torch.cuda.is_available()
 
 
 def _save_image(image: Any, path: Path, metadata: dict[str, Any]) -> None:

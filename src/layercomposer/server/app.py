@@ -43,6 +43,7 @@ from ..canvas import (
 )
 from ..conditioning import ConditioningBuilder
 from ..errors import LayerComposerError
+from ..models.cost import DEFAULT_STEPS, estimate_attention
 from ..models.registry import token_rules
 from .cutouts import CutoutFailed, cut_out
 from .guard import BodyTooLarge, Guard
@@ -115,6 +116,12 @@ def _refine_backend(model: str) -> str:
     from ..refine import auto_backend
 
     return auto_backend(resolve_model(model))
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _trained_sizes(pipe: Any) -> list[list[int]] | None:
@@ -286,6 +293,8 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
     # The token budget counts as the server's model sees the canvas (merged locked layers, pruning rule).
     planner = TokenPlanner(max_entries=256, rules=token_rules(settings.model))
     planner_lock = threading.Lock()
+    # The model runs in bfloat16 off the CPU and in float32 on it (`default_loader`): the size estimate's terms.
+    runs_on_cpu = (settings.device or ("cpu" if not _cuda_available() else "cuda")).split(":")[0] == "cpu"
     library_cache: dict[str, bytes] = {}
     # One worker of its own: cut-outs never wait for (or hold up) the generation worker, and run one at a time
     # (MediaPipe's stderr silencing swaps the process's fd 2, which two at once would get wrong).
@@ -345,16 +354,19 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
             refs.append(stored[id(layer.image)])
         return canvas_to_dict(canvas, refs)
 
-    def check_size(canvas: Canvas, mode: str) -> None:
-        """Refuse (413) a job whose token count is beyond `settings.max_tokens`, before it is queued."""
+    def check_size(canvas: Canvas, mode: str, steps: int | None = None) -> None:
+        """Refuse (413) a job whose token count is beyond `settings.max_tokens`, before it is queued, saying what
+        it would cost (`models.cost`)."""
         plan_mode = "collage" if mode == "refine" else mode
         with planner_lock:
             plan = planner.plan(canvas, plan_mode)  # type: ignore[arg-type]
         total = plan.total + plan.noisy
         if total > settings.max_tokens:
+            estimate = estimate_attention(total, settings.refine_model if mode == "refine" else settings.model,
+                                          bytes_per_element=4 if runs_on_cpu else 2, cpu=runs_on_cpu)
             raise ApiError(413, f"canvas: {total} tokens ({plan.noisy} noisy + {plan.total} condition, "
-                           f"{mode}) is above this server's limit of {settings.max_tokens} (--max-tokens); "
-                           "make the canvas smaller or hide layers")
+                           f"{mode}) is above this server's limit of {settings.max_tokens} (--max-tokens): "
+                           f"{estimate.describe(steps or DEFAULT_STEPS)}; make the canvas smaller or hide layers")
 
     async def read_upload(upload: UploadFile, what: str) -> bytes:
         data = await upload.read(settings.max_upload_bytes + 1)
@@ -496,7 +508,7 @@ def create_app(settings: ServerSettings, load_pipeline: Any = None) -> FastAPI:
             raise ApiError(415, "send JSON or multipart/form-data")
         if job_settings.mode == "refine" and not settings.refine_model:
             raise ApiError(400, "settings.mode: this server has no refine model (start it with --refine-model)")
-        await run_in_threadpool(check_size, canvas, job_settings.mode)
+        await run_in_threadpool(check_size, canvas, job_settings.mode, job_settings.steps)
         job = jobs.submit(canvas, JobSettings(**job_settings.model_dump()))
         return job.summary() | {"position": jobs.queued()}
 
