@@ -108,3 +108,11 @@ def test_refine_refuses_an_oversized_source_before_the_model_loads(tmp_path):
 def test_refine_source_that_is_a_device_is_refused(tmp_path):
     r = run("refine", "/dev/zero", "-o", str(tmp_path / "o.png"), "--model", "tiny-random")
     assert r.returncode == 2 and "not a regular file" in r.stderr, r.stderr
+
+
+def test_the_cli_package_runs_as_a_module():
+    from layercomposer._version import __version__
+
+    r = subprocess.run([sys.executable, "-m", "layercomposer.cli", "--version"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == f"layercomposer {__version__}", (r.stdout, r.stderr)
