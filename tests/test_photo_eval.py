@@ -19,7 +19,7 @@ from PIL import Image
 
 from layercomposer.canvas import load_canvas
 from layercomposer.cli import main
-from layercomposer.photo.evaluate import NA_WEIGHTS, locked_region
+from layercomposer.eval.photos import NA_WEIGHTS, locked_region
 from layercomposer.photo.identity import DLIB_NAME
 from layercomposer.photo.study import build_study, summarise_choices
 from tiny_models import save_tiny_kontext, save_tiny_qwen_edit, tiny_clip_tokenizer
@@ -210,7 +210,7 @@ def test_engines_that_cannot_load(bench, tmp_path):
 
 def test_locked_region_and_lock_modes(make_canvas):
     from conftest import layer, solid
-    from layercomposer.photo.evaluate import apply_lock
+    from layercomposer.eval.photos import apply_lock
 
     # Back to front: a locked opaque background, an unlocked square with a half-transparent band, a locked
     # square over part of it.

@@ -159,7 +159,7 @@ def cmd_eval_examples(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_photos(args: argparse.Namespace) -> int:
-    from ..photo.evaluate import EvalOptions, evaluate_photos, parse_engines
+    from ..eval.photos import EvalOptions, evaluate_photos, parse_engines
 
     options = EvalOptions(
         engines=parse_engines(args.engines), model=args.model, kontext_model=args.kontext_model,
