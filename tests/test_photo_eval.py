@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import re
 import shutil
 
@@ -278,7 +279,9 @@ def test_study_page_script_records_and_downloads_choices(results, tmp_path):
 
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed")
+        if os.environ.get("CI"):
+            raise RuntimeError("CI must install node (see .ci/run)")
+        pytest.skip("node is not installed (apt-get install nodejs)")
     out, _ = results
     page = tmp_path / "study.html"
     items = build_study(out, page, seed=5)
