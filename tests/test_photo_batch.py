@@ -107,7 +107,7 @@ def write_spec(folder: Path, photos: Path, items: list[dict], **extra) -> Path:
 
 def test_batch_writes_canvases_collages_and_skips_what_exists(tmp_path, photos):
     from layercomposer.canvas import load_canvas
-    from layercomposer.photo.evaluate import find_canvases
+    from layercomposer.eval.photos import find_canvases
 
     spec = write_spec(tmp_path, photos, [
         {"name": "her", "prompt": "an astronaut", "identities": ["astronaut.png"], "prior": "astronaut.png"},

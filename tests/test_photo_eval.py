@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import re
 import shutil
 
@@ -19,7 +20,7 @@ from PIL import Image
 
 from layercomposer.canvas import load_canvas
 from layercomposer.cli import main
-from layercomposer.photo.evaluate import NA_WEIGHTS, locked_region
+from layercomposer.eval.photos import NA_WEIGHTS, locked_region
 from layercomposer.photo.identity import DLIB_NAME
 from layercomposer.photo.study import build_study, summarise_choices
 from tiny_models import save_tiny_kontext, save_tiny_qwen_edit, tiny_clip_tokenizer
@@ -210,7 +211,7 @@ def test_engines_that_cannot_load(bench, tmp_path):
 
 def test_locked_region_and_lock_modes(make_canvas):
     from conftest import layer, solid
-    from layercomposer.photo.evaluate import apply_lock
+    from layercomposer.eval.photos import apply_lock
 
     # Back to front: a locked opaque background, an unlocked square with a half-transparent band, a locked
     # square over part of it.
@@ -278,7 +279,9 @@ def test_study_page_script_records_and_downloads_choices(results, tmp_path):
 
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed")
+        if os.environ.get("CI"):
+            raise RuntimeError("CI must install node (see .ci/run)")
+        pytest.skip("node is not installed (apt-get install nodejs)")
     out, _ = results
     page = tmp_path / "study.html"
     items = build_study(out, page, seed=5)

@@ -40,7 +40,12 @@ def test_generate_with_0_to_6_layers(tiny_pipe, n_layers):
     assert result.image.size == (128, 96) and result.image.mode == "RGB"
     plan = result.plan
     assert plan.grid == (6, 8) and len(plan.groups) == n_layers
-    assert plan.total == sum(g.tokens for g in plan.groups)
+    # Each layer's tokens counted here from its own render: the `centre` rule keeps cell (r, c) iff pixel
+    # (16r + 8, 16c + 8) is more than half opaque (alpha >= 128 of 255).
+    layers = {lay.name: lay for lay in canvas.layers}
+    for group in plan.groups:
+        alpha = np.asarray(canvas.render_layer(layers[group.name]).getchannel("A"))
+        assert group.tokens == int((alpha[8::16, 8::16] >= 128).sum()) > 0, group.name
     if n_layers:
         assert plan.groups[0].tokens == 48  # the background covers every cell
 

@@ -372,6 +372,8 @@ def test_bad_values_are_4xx_with_an_error_field(client):
 
 
 def test_canvas_above_the_token_limit_is_refused(tmp_path, pipe):
+    import torch
+
     with make_client(tmp_path, pipe) as c:
         image_id = upload(c)["id"]
         r = c.post("/api/jobs", json={"canvas": canvas_doc(image_id, width=4096, height=4096)})
@@ -380,6 +382,11 @@ def test_canvas_above_the_token_limit_is_refused(tmp_path, pipe):
         image_id = upload(c)["id"]
         r = c.post("/api/jobs", json={"canvas": canvas_doc(image_id)})  # 16 noisy + 1 condition
         assert r.status_code == 413 and "17 tokens" in r.json()["error"]
+        # tiny-random has 2 heads: 2 * 17**2 * 4 bytes = 2312 bytes = 2.3 KiB (float32 on the CPU); no time
+        # measured for its shape.
+        if not torch.cuda.is_available():
+            assert "2.3 KiB for one attention matrix held whole (2 heads x 17^2 tokens x 4 bytes" in r.json()["error"]
+        assert "no time estimate" in r.json()["error"]
         assert c.post("/api/jobs", json={"canvas": canvas_doc(image_id, layers=[])}).status_code == 413
 
 

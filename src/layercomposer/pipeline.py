@@ -16,7 +16,7 @@ import torch
 from einops import rearrange
 from PIL import Image
 
-from . import __version__
+from ._version import __version__
 from .canvas import Canvas
 from .conditioning import (
     MODES,

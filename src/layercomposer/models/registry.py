@@ -46,10 +46,22 @@ class ModelConfig:
     text_encoder: Mapping[str, Any]
     """CLIPTextConfig (vocab_size is set from the vocabulary)."""
     vocabulary: tuple[str, ...] = BASIC_VOCABULARY
+    """The text tokenizer's words besides its special tokens (see `tokenizer_words`)."""
+    with_world_vocabulary: bool = False
+    """Put every word a sprites-world prompt can contain before `vocabulary` (the demo models' tokenizer)."""
     max_text_length: int = 32
     schedule: FlowSchedule = field(default_factory=FlowSchedule)
     guidance_scale: float = 2.5
     default_steps: int = 28
+
+    def tokenizer_words(self) -> tuple[str, ...]:
+        """The tokenizer's words in id order. The sprites world is imported here, when a model is built, not
+        when this module is: the registry sits below the world's data."""
+        if not self.with_world_vocabulary:
+            return self.vocabulary
+        from ..world.prompts import VOCABULARY
+
+        return tuple(dict.fromkeys([*VOCABULARY, *self.vocabulary]))
 
 
 TINY_RANDOM = ModelConfig(
@@ -80,12 +92,6 @@ TINY_RANDOM = ModelConfig(
     ),
 )
 
-def _world_vocabulary() -> tuple[str, ...]:
-    from ..world import VOCABULARY
-
-    return tuple(dict.fromkeys([*VOCABULARY, *BASIC_VOCABULARY]))
-
-
 DEMO_BASE = ModelConfig(
     name="demo-base",
     description="the demo model's architecture, untrained (what `layercomposer train` starts the demo from)",
@@ -113,7 +119,7 @@ DEMO_BASE = ModelConfig(
             max_position_embeddings=64, projection_dim=128,
         )
     ),
-    vocabulary=_world_vocabulary(),
+    with_world_vocabulary=True,
     max_text_length=64,
     guidance_scale=1.0,
 )
@@ -193,7 +199,7 @@ def build_random(config: ModelConfig, seed: int = 0):  # -> (FluxTransformer2DMo
 
     from .text import BOS_ID, EOS_ID, PAD_ID, ClipTextEncoder, build_word_tokenizer
 
-    tokenizer = build_word_tokenizer(config.vocabulary, config.max_text_length)
+    tokenizer = build_word_tokenizer(config.tokenizer_words(), config.max_text_length)
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer), pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
         **config.text_encoder,

@@ -38,10 +38,10 @@ from PIL import Image
 
 from ..canvas import Canvas, load_canvas, write_atomic
 from ..errors import LayerComposerError
-from ..eval.metrics import psnr
-from . import PhotoError, require
-from .cutout import Face, detect_faces, rgb_array
-from .identity import get_embedder
+from ..photo import PhotoError, require
+from ..photo.cutout import Face, detect_faces, rgb_array
+from ..photo.identity import get_embedder
+from .metrics import psnr
 
 ENGINES = ("layered", "collage", "refine-kontext", "refine-qwen", "refine-demo")
 """`layered`: our pipeline (``--model``); `collage`: the flattened canvas itself (a baseline that changes nothing);
@@ -338,7 +338,7 @@ def identity_scores(case: Case, output: Image.Image, scorer: IdentityScorer) -> 
     found = scorer.faces(rgb_array(output))
     rows = []
     if found:
-        from .identity import assign
+        from ..photo.identity import assign
 
         dist = np.array([[float(np.linalg.norm(i.embedding - e)) for _, e in found] for i in case.identities])
         # Every identity gets a face while there are faces (an unpaired identity costs more than any pair).

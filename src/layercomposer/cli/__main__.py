@@ -1,0 +1,5 @@
+"""`python -m layercomposer.cli` runs the CLI."""
+
+from . import console
+
+console()
