@@ -538,6 +538,12 @@ def test_token_budget_warns_above_the_servers_limit(server, browser, images):
     page.wait_for_function("window.layercomposer.state.canvas.layers.length === 1")
     page.wait_for_function("document.getElementById('token-budget').textContent.includes('kept')")
     assert "above this server's limit" not in page.locator("#token-budget").text_content()
+    # The inputs take the API's limits (layercomposer.settings), not limits of their own.
+    # (the prompt has no length limit of its own in the page: 2000 can only come from /api/health)
+    page.wait_for_function("document.getElementById('prompt').maxLength === 2000")
+    assert page.locator("#steps").get_attribute("max") == "1000"
+    assert page.locator("#steps").get_attribute("min") == "1"
+    assert page.locator("#guidance").get_attribute("max") == "30"
     page.evaluate("window.layercomposer.state.setSize(4096, 4096)")  # 65536 noisy tokens, limit 16384
     page.wait_for_function("document.getElementById('token-budget').textContent.includes('limit of 16384')")
     assert "error" in (page.locator("#token-budget").get_attribute("class") or "")

@@ -176,8 +176,14 @@ def test_damaged_weights_are_a_one_line_model_error(tmp_path):
 def test_bad_generation_arguments(tiny_pipe):
     with pytest.raises(LayerComposerError, match="mode: must be one of"):
         tiny_pipe(Canvas(64, 64), mode="nope")
-    with pytest.raises(LayerComposerError, match="steps: must be between 1 and 1000"):
+    with pytest.raises(LayerComposerError, match=r"steps: must be an integer in \[1, 1000\], got 0"):
         tiny_pipe(Canvas(64, 64), num_inference_steps=0)
+    with pytest.raises(LayerComposerError, match=r"steps: must be an integer in \[1, 1000\], got 2.5"):
+        tiny_pipe(Canvas(64, 64), num_inference_steps=2.5)
+    with pytest.raises(LayerComposerError, match="guidance: must be a number"):
+        tiny_pipe(Canvas(64, 64), num_inference_steps=1, guidance_scale=float("inf"))
+    with pytest.raises(LayerComposerError, match="seed: must be an integer"):
+        tiny_pipe(Canvas(64, 64), num_inference_steps=1, seed=-3)
 
 
 def test_true_cfg_for_models_without_a_guidance_embedding():

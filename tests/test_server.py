@@ -78,6 +78,17 @@ def test_health_and_page(client):
     assert page.status_code == 200 and '<canvas id="canvas"' in page.text
     assert client.get("/static/js/main.js").status_code == 200
     assert "/api/jobs" in client.get("/openapi.json").json()["paths"]
+    # The generation limits the editor takes are the ones every entry point checks (layercomposer.settings).
+    from layercomposer.settings import limits_json
+
+    assert health["limits"] == limits_json() and health["limits"]["steps"]["max"] == 1000
+
+
+def test_settings_past_the_shared_limits_get_a_422_json_error(client):
+    info = upload(client)
+    for settings in ({"steps": 1001}, {"guidance": 31}, {"seed": 2**32}, {"strength": 0}):
+        r = client.post("/api/jobs", json={"canvas": canvas_doc(info["id"]), "settings": settings})
+        assert r.status_code == 422 and "error" in r.json(), (settings, r.text)
 
 
 def test_trained_sizes_round_trip_and_reach_the_health_answer(tmp_path, pipe):

@@ -36,6 +36,7 @@ from .models.lowmem import LoadOptions, is_quantized, load_transformer
 from .models.registry import ModelConfig, build_random, resolve_model
 from .models.text import ClipTextEncoder, TextEmbeddings, TextEncoder
 from .sampler import KnownRegion, StepCallback, sample_euler
+from .settings import GUIDANCE, SEED, STEPS, STRENGTH
 
 PIPELINE_CLASS = "LayerComposerPipeline"
 _TEXT_ENCODERS: dict[str, type] = {"clip": ClipTextEncoder, "flux": FluxTextEncoder}
@@ -54,9 +55,8 @@ def unpack_latents(tokens: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 def skipped_steps(steps: int, strength: float) -> int:
     """Steps of a `steps`-step schedule that image-to-image at `strength` leaves out (diffusers' rule:
     it runs `round(steps * strength)`, at least one)."""
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
-        raise LayerComposerError(f"strength: must be a number in (0, 1], got {strength!r}")
-    return steps - max(1, min(steps, round(steps * float(strength))))
+    strength = STRENGTH.check(strength)
+    return steps - max(1, min(steps, round(steps * strength)))
 
 
 @dataclass
@@ -399,10 +399,9 @@ class LayerComposerPipeline:
         canvas.validate()
         if mode not in MODES:
             raise LayerComposerError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
-        steps = self.default_steps if num_inference_steps is None else int(num_inference_steps)
-        if not 1 <= steps <= 1000:
-            raise LayerComposerError(f"steps: must be between 1 and 1000, got {steps}")
-        guidance = self.guidance_scale if guidance_scale is None else float(guidance_scale)
+        steps = STEPS.check(self.default_steps if num_inference_steps is None else num_inference_steps)
+        guidance = self.guidance_scale if guidance_scale is None else GUIDANCE.check(guidance_scale)
+        seed = SEED.check(seed)
         skipped = skipped_steps(steps, strength)
         text = prompt if prompt is not None else (canvas.prompt or "")
         seconds: dict[str, float] = {}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LayerComposerError
+from ..settings import GUIDANCE, SEED, STEPS, STRENGTH
 from .common import (
     DEFAULT_MAX_TOKENS,
     add_memory_arguments,
@@ -123,10 +124,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     canvas = load_canvas(args.canvas)  # bad input fails before the (slow) model load
     if canvas.size_note():
         print(f"layercomposer: note: {canvas.size_note()}", file=sys.stderr)
-    if args.steps is not None and not 1 <= args.steps <= 1000:
-        raise LayerComposerError(f"--steps: must be between 1 and 1000, got {args.steps}")
-    if not 0.0 < args.strength <= 1.0:  # NaN fails too
-        raise LayerComposerError(f"--strength: must be in (0, 1], got {args.strength}")
+    check_settings(args)
     if args.strength < 1.0 and not canvas.visible_layers():
         raise LayerComposerError("--strength: below 1 needs a visible layer to start from")
     _check_token_count(canvas, model, args.mode, args.max_tokens, args.steps, args.device, args.dtype)
@@ -242,8 +240,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
         source = decode_image(read_regular_file(source_path, MAX_IMAGE_BYTES, args.source, "an image file"),
                               args.source)
-    if not 1 <= args.steps <= 1000:
-        raise LayerComposerError(f"--steps: must be between 1 and 1000, got {args.steps}")
+    check_settings(args)
     for spec in args.lora:
         parse_lora_spec(spec)
     model = args.model or "demo-collage"
@@ -276,6 +273,15 @@ def cmd_refine(args: argparse.Namespace) -> int:
                                          "instruction": text, "seed": args.seed, "steps": args.steps})
     print(f"wrote {output} ({image.width}x{image.height}, refine/{backend}: {text!r})", file=sys.stderr)
     return 0
+
+
+def check_settings(args: argparse.Namespace) -> None:
+    """The generation settings of `generate` and `refine` against the limits every entry point shares
+    (`layercomposer.settings`), before any model loads."""
+    for flag, limit in (("steps", STEPS), ("guidance", GUIDANCE), ("seed", SEED), ("strength", STRENGTH)):
+        value = getattr(args, flag, None)
+        if value is not None:
+            limit.check(value, f"--{flag}")
 
 
 def _check_token_count(canvas: Any, model: str, mode: str, limit: int, steps: int | None = None,

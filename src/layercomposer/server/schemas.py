@@ -6,19 +6,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from ..settings import GUIDANCE, PROMPT_CHARS, SEED, STEPS, STRENGTH
+
 
 class SettingsIn(BaseModel):
     """Generation settings of a job."""
 
-    prompt: str | None = Field(default=None, max_length=2000)
-    seed: int = Field(default=0, ge=0, le=2**32 - 1)
-    steps: int | None = Field(default=None, ge=1, le=200)
-    guidance: float | None = Field(default=None, ge=0.0, le=30.0)
+    prompt: str | None = Field(default=None, max_length=PROMPT_CHARS)
+    seed: int = Field(default=0, ge=SEED.low, le=SEED.high)
+    steps: int | None = Field(default=None, ge=STEPS.low, le=STEPS.high)
+    guidance: float | None = Field(default=None, ge=GUIDANCE.low, le=GUIDANCE.high, allow_inf_nan=False)
     mode: Literal["layered", "unpruned", "collage", "refine"] = "layered"
-    instruction: str | None = Field(default=None, max_length=2000)
+    instruction: str | None = Field(default=None, max_length=PROMPT_CHARS)
     hard_lock: bool = False
     """Hold the cells that show locked layers only to their latents (model modes; ignored by refine)."""
-    strength: float = Field(default=1.0, gt=0.0, le=1.0)
+    strength: float = Field(default=1.0, gt=STRENGTH.low, le=STRENGTH.high, allow_inf_nan=False)
     """Image-to-image from the flattened canvas: the share of the steps run (model modes; 1 = from noise)."""
 
     @field_validator("prompt", "instruction")

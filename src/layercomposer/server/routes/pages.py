@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from ..._version import __version__
+from ...settings import limits_json
 from ..services import Svc
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -41,6 +42,8 @@ def health(svc: Svc) -> dict[str, Any]:
             "max_tokens": settings.max_tokens,
             "refine_model": settings.refine_model,
             "defaults": {"steps": pipe.default_steps, "guidance": pipe.guidance_scale} if pipe else None,
+            # The generation settings' limits (layercomposer.settings), which the editor's inputs take.
+            "limits": limits_json(),
             # [[width, height], ...] the model was trained at (model_index.json); null when unknown.
             "trained_sizes": trained_sizes(pipe)}
 

@@ -310,7 +310,7 @@ function readSettings() {
   } else {
     s.seed = Math.max(0, Math.floor(Number($("seed").value) || 0));
   }
-  s.steps = Math.max(1, Math.min(200, Math.floor(Number($("steps").value) || 28)));
+  s.steps = Math.max(limits.steps.min, Math.min(limits.steps.max, Math.floor(Number($("steps").value) || 28)));
   const g = $("guidance").value.trim();
   s.guidance = g === "" ? null : Number(g);
   s.mode = $("mode").value;
@@ -610,11 +610,26 @@ async function loadLibrary() {
 }
 
 let maxTokens = null; // the server's --max-tokens: a bigger canvas is refused on Generate
+// The generation settings' limits; the server's own (/api/health `limits`, layercomposer/settings.py) replace
+// these as soon as it answers, so the inputs never offer what the API would refuse.
+let limits = { steps: { min: 1, max: 1000 }, guidance: { min: 0, max: 30 }, seed: { min: 0, max: 2 ** 32 - 1 },
+  prompt_chars: 2000 };
+
+function applyLimits(l) {
+  if (!l || !l.steps) return;
+  limits = l;
+  for (const [id, key] of [["steps", "steps"], ["guidance", "guidance"], ["seed", "seed"]]) {
+    $(id).min = String(l[key].min);
+    $(id).max = String(l[key].max);
+  }
+  $("prompt").maxLength = l.prompt_chars;
+}
 
 async function checkServer() {
   try {
     const h = await api.health();
     trainedSizes = Array.isArray(h.trained_sizes) && h.trained_sizes.length ? h.trained_sizes : null;
+    applyLimits(h.limits);
     renderSizeWarning();
     if (h.max_tokens !== maxTokens) {
       maxTokens = h.max_tokens;
