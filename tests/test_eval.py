@@ -208,6 +208,10 @@ def test_eval_with_strength_adds_an_image_to_image_run(heldout, tmp_path):
     assert set(case["psnr_image"]) == {"layered", "strength", "unpruned", "vae", "paste"}
     assert all("strength" in r for r in case["locked_regions"] + case["unlocked_regions"])
     assert report["settings"]["strength"] == 0.5 and summary["image"]["strength"]["psnr"] is not None
+    # Identity is measured on the image-to-image picture too, character by character beside the layered one.
+    idents = [r for c in report["cases"] for r in c.get("identity", [])]
+    assert idents and all(set(r["top1"]) >= {"layered", "strength"} for r in idents)
+    assert summary["identity"]["engines"]["strength"]["n"] == len(idents)
     text = results_markdown(report, "layercomposer eval sprites ...", "a test")
     assert "`--strength 0.5`: 2 of 4 steps" in text and "| layered model, strength 0.5 |" in text
     # canvas, pasted, layered, strength, target

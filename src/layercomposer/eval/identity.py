@@ -287,7 +287,7 @@ def candidates(true_id: str, scene_mates: list[str], pool: list[str], rng: np.ra
 
 SIZE_BINS = ((0.0, 0.2), (0.2, 0.3), (0.3, 0.45), (0.45, 1.01))
 """Character height in the target (its full alpha's box, fraction of the picture's height)."""
-ENGINES = ("layered", "hard_lock", "collage", "paste", "vae", "target")
+ENGINES = ("layered", "hard_lock", "strength", "collage", "paste", "vae", "target")
 """Pictures whose regions are identified (when a case made them)."""
 
 
@@ -401,7 +401,9 @@ def _pct(rate: dict | None) -> str:
 def identity_markdown(summary: dict) -> list[str]:
     """RESULTS.md lines: the headline table for unlocked identity, the identifier's checks and the splits."""
     e = summary["engines"]
-    names = {"layered": "layered model", "hard_lock": "layered model, `--hard-lock`", "collage": "collage model",
+    names = {"layered": "layered model", "hard_lock": "layered model, `--hard-lock`",
+             "strength": "layered model, image-to-image from the flattened canvas (`--strength`)",
+             "collage": "collage model",
              "paste": "naive pasting", "vae": "VAE reconstruction of the target", "target": "the target itself"}
     lines = ["| picture | right identity among " f"{summary['gallery']} |", "|---|---|"]
     lines += [f"| {label} | {_pct(e.get(key))} |" for key, label in names.items() if key in e]
