@@ -335,3 +335,22 @@ def test_width_option_makes_wider_pictures_of_the_same_place():
     for bad in (392, 400, 160):  # not a multiple of 16; wider than 1.5 times the height; narrower than 2/3
         with pytest.raises(ValueError):
             generate_scene(0, size=256, width=bad)
+
+
+def test_example_files_match_the_example_specs():
+    from layercomposer.canvas import load_canvas
+    from layercomposer.world.examples import EXAMPLES
+
+    root = Path(__file__).resolve().parent.parent / "examples"
+    assert sorted(p.stem for p in root.glob("*.json")) == sorted(spec.name for spec in EXAMPLES)
+    assert {"six-sprites", "wide-street"} <= {spec.name for spec in EXAMPLES}
+    for spec in EXAMPLES:
+        canvas = load_canvas(root / f"{spec.name}.json")
+        target = Image.open(root / "targets" / f"{spec.name}.png")
+        assert (canvas.width, canvas.height) == target.size == (round(256 * spec.aspect), 256)
+        characters = [layer for layer in canvas.layers if layer.kind != "background"]
+        assert len(characters) == spec.characters
+        assert [layer.locked for layer in characters] == [i in spec.locked for i in range(spec.characters)]
+        background = [layer for layer in canvas.layers if layer.kind == "background"]
+        assert [layer.locked for layer in background] == {"locked": [True], "unlocked": [False], "none": []}[
+            spec.background]
