@@ -409,12 +409,17 @@ def test_examples_figure(tmp_path):
     root = Path(__file__).resolve().parent.parent / "examples"
     out = examples_figure("tiny-random", root, tmp_path / "examples.png", steps=1)
     grid = Image.open(out)
-    n = len(list(root.glob("*.json")))
-    # 3 columns of 224 px cells (+ 4 px gaps) and one row per example under a 22 px header.
-    assert grid.size == (3 * 228 + 4, 22 + n * 228 + 4)
+    names = sorted(p.stem for p in root.glob("*.json"))
+    assert {"one-sprite", "four-sprites", "six-sprites", "wide-street"} <= set(names)
+    sizes = [Image.open(root / "targets" / f"{name}.png").size for name in names]
+    assert (384, 256) in sizes  # wide-street
+    # 3 columns of 224 px cells (+ 4 px gaps) and one row per example under a 22 px header; a wide example's
+    # row keeps its aspect (224 x 149 pictures), so it is less tall.
+    rows = sum(round(224 * h / max(w, h)) + 4 for w, h in sizes)
+    assert grid.size == (3 * 228 + 4, 22 + rows + 4)
     # with a strength: one more column, the layered model image-to-image
     out = examples_figure("tiny-random", root, tmp_path / "examples-s.png", steps=2, strength=0.5)
-    assert Image.open(out).size == (4 * 228 + 4, 22 + n * 228 + 4)
+    assert Image.open(out).size == (4 * 228 + 4, 22 + rows + 4)
 
 
 def test_identity_target_needs_60_percent_and_10_points_over_the_collage_model():

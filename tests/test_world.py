@@ -42,6 +42,7 @@ from layercomposer.world.prompts import (
     PATTERN_WORDS,
     PLACE_WORDS,
 )
+from layercomposer.world.scenes import BODY_HEIGHT
 
 SIZE = 128
 
@@ -261,3 +262,95 @@ def test_heights_option_draws_body_heights_from_its_range():
                 # shrunk only to keep the head inside the frame; never above the range's top by more than 10%
                 assert p.height <= 0.6 * 1.2 * 1.1 + 1e-9
         assert max(p.height for im in scene.images for p in im.placements.values()) >= 0.4
+
+
+def _scene_digest(scene) -> str:
+    """A hash of everything a scene is: scene.json, and every picture, background and layer's pixels."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(scene.to_json(), sort_keys=True).encode())
+    for im in scene.images:
+        h.update(im.picture.tobytes())
+        h.update(im.background.tobytes())
+        for subject in scene.subjects:
+            h.update(im.layers[subject].tobytes())
+    return h.hexdigest()[:16]
+
+
+def test_default_scenes_are_byte_identical_to_before_the_characters_and_width_options():
+    # Hashes computed with the code before `characters=` and `width=` existed (commit 820f9ee): the default
+    # random streams and renders must never change (trained models and held-out results depend on them).
+    assert [_scene_digest(generate_scene(i, seed=0, size=128)) for i in range(4)] == [
+        "d3a4893375f7a915", "488be98c5347c44a", "4fc6fef10a3cad49", "bff03eef5f4310b3"]
+    assert [_scene_digest(generate_scene(i, seed=7, size=256, split="heldout")) for i in (0, 5)] == [
+        "f7fa3396e2cded9d", "51f40e8d792a7995"]
+    spread = [generate_scene(i, seed=3, size=128, pose_spread=0.3, heights=(0.3, 0.5)) for i in range(2)]
+    assert [_scene_digest(s) for s in spread] == ["600396cae04591ed", "f7403291b4ac1332"]
+    # Passing the defaults explicitly, or a width equal to the size, changes nothing either.
+    explicit = generate_scene(1, seed=0, size=128, characters=None, width=128)
+    assert _scene_digest(explicit) == "488be98c5347c44a"
+
+
+def test_characters_option_sets_the_count_up_to_six():
+    for n in (5, 6):
+        for k in range(3):
+            scene = generate_scene(k, seed=4, size=SIZE, split="heldout", characters=n)
+            assert len(scene.identities) == len(set(scene.subjects)) == n
+            for im in scene.images:
+                assert len(im.layers) == n and len(im.order) == n
+                assert im.prompt.startswith({5: "five", 6: "six"}[n] + " sprites: ")
+                for p in im.placements.values():
+                    assert p.height <= BODY_HEIGHT[n][1] * 1.2 * 1.1 + 1e-9  # nearer ones up to 1.32 times
+                assert BODY_HEIGHT[n][1] < BODY_HEIGHT[4][1]  # smaller than with four characters
+                # every character is in the frame (its layer is not empty)
+                assert all(layer.getchannel("A").getbbox() for layer in im.layers.values())
+    # A count the world draws anyway gives that count; the rest of the scene comes from the same stream.
+    two = generate_scene(0, seed=4, size=SIZE, characters=2)
+    assert len(two.identities) == 2
+    for bad in (0, 7, True):
+        with pytest.raises(ValueError):
+            generate_scene(0, size=SIZE, characters=bad)
+
+
+def test_width_option_makes_wider_pictures_of_the_same_place():
+    square = generate_scene(3, seed=7, size=256, split="heldout")
+    wide = generate_scene(3, seed=7, size=256, split="heldout", width=384)
+    assert wide.frame == (384, 256) and square.frame == (256, 256)
+    assert [im.prompt for im in wide.images] == [im.prompt for im in square.images]
+    for im in wide.images:
+        assert im.picture.size == im.background.size == (384, 256)
+        assert all(layer.size == (384, 256) for layer in im.layers.values())
+        expected = Image.new("RGBA", (384, 256))
+        expected.paste(im.background.convert("RGBA"))
+        for s in im.order:
+            expected = Image.alpha_composite(expected, im.layers[s])
+        assert np.array_equal(np.asarray(expected.convert("RGB")), np.asarray(im.picture))
+        # characters keep their body height in px (heights are fractions of the picture's height)
+        for p in im.placements.values():
+            assert 0 <= p.centre[0] <= 1
+    # The background is undistorted: its middle 256 columns are the square picture's background.
+    for a, b in zip(wide.images, square.images, strict=True):
+        middle = np.asarray(a.background, np.float32)[:, 64:320]
+        assert np.abs(middle - np.asarray(b.background, np.float32)).mean() < 1.0
+    for bad in (392, 400, 160):  # not a multiple of 16; wider than 1.5 times the height; narrower than 2/3
+        with pytest.raises(ValueError):
+            generate_scene(0, size=256, width=bad)
+
+
+def test_example_files_match_the_example_specs():
+    from layercomposer.canvas import load_canvas
+    from layercomposer.world.examples import EXAMPLES
+
+    root = Path(__file__).resolve().parent.parent / "examples"
+    assert sorted(p.stem for p in root.glob("*.json")) == sorted(spec.name for spec in EXAMPLES)
+    assert {"six-sprites", "wide-street"} <= {spec.name for spec in EXAMPLES}
+    for spec in EXAMPLES:
+        canvas = load_canvas(root / f"{spec.name}.json")
+        target = Image.open(root / "targets" / f"{spec.name}.png")
+        assert (canvas.width, canvas.height) == target.size == (round(256 * spec.aspect), 256)
+        characters = [layer for layer in canvas.layers if layer.kind != "background"]
+        assert len(characters) == spec.characters
+        assert [layer.locked for layer in characters] == [i in spec.locked for i in range(spec.characters)]
+        background = [layer for layer in canvas.layers if layer.kind == "background"]
+        assert [layer.locked for layer in background] == {"locked": [True], "unlocked": [False], "none": []}[
+            spec.background]

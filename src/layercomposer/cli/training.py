@@ -52,6 +52,11 @@ def add_training_parsers(sub: Any) -> None:
     wg.add_argument("--heights", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                     help="draw body heights from this range (fractions of the picture; default: 0.17-0.36, "
                          "smaller with more characters)")
+    wg.add_argument("--characters", type=int, default=None, metavar="N",
+                    help="characters per scene, 1..6 (default: 1-4 drawn at random)")
+    wg.add_argument("--width", type=int, default=None, metavar="PX",
+                    help="picture width in px, for non-square pictures of --size px height (multiple of 16, "
+                         "width / height within 2/3..1.5; default: square)")
     wg.set_defaults(func=cmd_world_generate)
     we = world_sub.add_parser("examples", help="write the example canvases (held-out identities)")
     we.add_argument("--out", default="examples", help="output folder (default examples/)")
@@ -86,6 +91,7 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
 
 def cmd_world_generate(args: argparse.Namespace) -> int:
     from ..world import generate_dataset
+    from ..world.scenes import MAX_CHARACTERS, check_width
 
     if not 1 <= args.scenes <= 1_000_000:
         raise LayerComposerError(f"--scenes: must be between 1 and 1000000, got {args.scenes}")
@@ -96,8 +102,15 @@ def cmd_world_generate(args: argparse.Namespace) -> int:
     heights = tuple(args.heights) if args.heights else None
     if heights and not 0.05 <= heights[0] <= heights[1] <= 0.8:
         raise LayerComposerError(f"--heights: need 0.05 <= LO <= HI <= 0.8, got {heights[0]} {heights[1]}")
+    if args.characters is not None and not 1 <= args.characters <= MAX_CHARACTERS:
+        raise LayerComposerError(f"--characters: must be 1..{MAX_CHARACTERS}, got {args.characters}")
+    try:
+        check_width(args.width, args.size)
+    except ValueError as exc:
+        raise LayerComposerError(f"--width: {exc}") from None
     paths = generate_dataset(args.out, args.scenes, seed=args.seed, size=args.size, split=args.split, progress=True,
-                             pose_spread=args.pose_spread, heights=heights)
+                             pose_spread=args.pose_spread, heights=heights, characters=args.characters,
+                             width=args.width)
     print(f"wrote {len(paths)} scenes to {args.out}", file=sys.stderr)
     return 0
 

@@ -535,18 +535,30 @@ def canvas_preview(canvas: Canvas) -> Image.Image:
     return out.convert("RGB")
 
 
+def _fit(size: tuple[int, int], cell: int) -> tuple[int, int]:
+    """`size` scaled to fit a cell x cell square, aspect kept (a square becomes the whole cell)."""
+    w, h = size
+    scale = cell / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
 def figure_grid(rows: list[list[Image.Image]], header: list[str], out: Path, cell: int = 192) -> Path:
-    """A grid of pictures with a header row of column titles, saved as PNG."""
+    """A grid of pictures with a header row of column titles, saved as PNG. Pictures keep their aspect: each
+    fits a cell x cell square, and a row of wide pictures is only as tall as its tallest one."""
     pad, head = 4, 22
     cols = len(header)
-    grid = Image.new("RGB", (cols * (cell + pad) + pad, head + len(rows) * (cell + pad) + pad), (255, 255, 255))
+    heights = [max((_fit(pic.size, cell)[1] for pic in row), default=cell) for row in rows]
+    grid = Image.new("RGB", (cols * (cell + pad) + pad, head + sum(h + pad for h in heights) + pad), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
     for c, title in enumerate(header):
         draw.text((pad + c * (cell + pad) + 4, 5), title, fill=(0, 0, 0))
-    for r, row in enumerate(rows):
+    top = head + pad
+    for row, row_h in zip(rows, heights, strict=True):
         for c, pic in enumerate(row):
-            grid.paste(pic.resize((cell, cell), Image.Resampling.LANCZOS),
-                       (pad + c * (cell + pad), head + pad + r * (cell + pad)))
+            w, h = _fit(pic.size, cell)
+            grid.paste(pic.resize((w, h), Image.Resampling.LANCZOS),
+                       (pad + c * (cell + pad) + (cell - w) // 2, top + (row_h - h) // 2))
+        top += row_h + pad
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
     return out

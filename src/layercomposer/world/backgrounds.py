@@ -3,7 +3,8 @@
 A layout is generated once per scene from the scene's RNG (so the place stays the same) and drawn for each
 image with that image's lighting, light side and a small horizontal camera shift. Coordinates are
 normalised: x in [0, 1] across the width, y in [0, 1] down the height; shapes reach past the edges so that
-the camera shift never uncovers anything.
+the camera shift never uncovers anything. Both are in units of the picture's height: a wider picture
+(`render_background(..., width=)`) shows more of the same place on both sides, undistorted.
 """
 
 from __future__ import annotations
@@ -321,18 +322,23 @@ def _sky(lighting: Lighting, width: int, height: int, horizon: float) -> Image.I
 
 
 def render_background(
-    layout: Layout, lighting: Lighting, size: int, light_side: float = 1.0, shift: float = 0.0
+    layout: Layout, lighting: Lighting, size: int, light_side: float = 1.0, shift: float = 0.0,
+    width: int | None = None,
 ) -> Image.Image:
-    """Draw `layout` under `lighting` at `size` x `size` (RGB, opaque); `shift` pans the camera (fraction of width)."""
+    """Draw `layout` under `lighting` at `size` x `size` (RGB, opaque); `shift` pans the camera (fraction of the
+    height). `width` makes the picture `width` x `size`: the layout's unit square stays centred and undistorted,
+    and up to 0.25 of the height more of the place shows on each side (width / height up to 1.5)."""
     s = SUPERSAMPLE
-    w = h = size * s
+    h = size * s
+    w = (width or size) * s
+    x0 = (h - w) / (2 * h)  # layout x at the picture's left edge (0 for a square picture)
     sky = _sky(lighting, w, h, layout.horizon)
     im = sky.copy()
     draw = ImageDraw.Draw(im)
     night = lighting.name == "night"
 
     def px(p: Point, dx: float = shift) -> tuple[float, float]:
-        return ((p[0] - dx) * w, p[1] * h)
+        return ((p[0] - dx - x0) * h, p[1] * h)
 
     def paint(prim: Prim, dx: float = shift) -> None:
         colour = prim.night if night and prim.night is not None else lighting.colour(prim.colour)
@@ -356,7 +362,7 @@ def render_background(
             im.paste(sky, (0, 0), mask)
 
     if layout.outdoor:
-        _paint_sky_bodies(draw, layout, lighting, light_side, w, h, sky_paint=paint)
+        _paint_sky_bodies(draw, layout, lighting, light_side, h, x0, sky_paint=paint)
     for prim in layout.prims:
         paint(prim)
     return im.reduce(s)
@@ -367,14 +373,15 @@ def _paint_sky_bodies(
     layout: Layout,
     lighting: Lighting,
     side: float,
-    w: int,
     h: int,
+    x0: float,
     sky_paint: Callable[..., None],
 ) -> None:
-    """Sun, moon, stars and clouds: they say which lighting it is, and sit on the light's side."""
+    """Sun, moon, stars and clouds: they say which lighting it is, and sit on the light's side (`h`: the
+    supersampled height in px, `x0`: the layout x at the picture's left edge)."""
 
     def disc(cx: float, cy: float, r: float, colour: RGB) -> None:
-        draw.ellipse(((cx - r) * w, (cy - r) * h, (cx + r) * w, (cy + r) * h), fill=colour)
+        draw.ellipse(((cx - r - x0) * h, (cy - r) * h, (cx + r - x0) * h, (cy + r) * h), fill=colour)
 
     name = lighting.name
     sun_x = 0.5 + 0.32 * side

@@ -4,6 +4,8 @@ Each example takes a held-out scene, its first picture as the target and its sec
 unlocked characters (another pose and lighting), exactly as training canvases are made but without
 random jitter. Locked characters are the target's own cut-outs at their exact place. The target picture
 is written beside the canvas (`targets/<name>.png`) so a result can be compared with what was meant.
+Examples that need scenes the world does not draw by default (six characters, a wide picture) take them from
+their own held-out pool made with `generate_scene`'s `characters=` / `width=`; the others from the default pool.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ class ExampleSpec:
     lightings: tuple[str, ...] = ("day", "sunset", "overcast", "night")
     """Lightings the target may have (the README's example reads best in daylight)."""
     description: str = ""
+    scene_characters: int | None = None
+    """Make the candidate scenes with this many characters (`generate_scene(characters=)`; None: the world's
+    usual 1-4, of which `characters` are picked)."""
+    aspect: float = 1.0
+    """Picture width / height of the candidate scenes (`generate_scene(width=)`); 1: square."""
+    backgrounds: tuple[str, ...] | None = None
+    """Places the target may show (None: any)."""
 
 
 EXAMPLES = (
@@ -47,6 +56,11 @@ EXAMPLES = (
                 description="four characters, two locked and two unlocked, on a locked background"),
     ExampleSpec("four-no-background", 4, (), "none", overlapping=None,
                 description="four unlocked characters and no background"),
+    ExampleSpec("six-sprites", 6, (0, 2, 4), "locked", overlapping=None, lightings=("day",), scene_characters=6,
+                description="six characters, three locked and three unlocked, on a locked background"),
+    ExampleSpec("wide-street", 4, (1,), "locked", overlapping=None, lightings=("day",), aspect=1.5,
+                backgrounds=("city",),
+                description="a wide 384x256 street: four characters, one locked, on a locked background"),
 )
 
 _NO_JITTER = SamplingConfig(scale_jitter=0.0, shift_jitter=0.0, brightness=0.0, contrast=0.0, saturation=0.0,
@@ -60,11 +74,17 @@ def make_examples(out_dir: str | Path, size: int = 256, candidates: int = 120) -
     out = Path(out_dir)
     written = []
     with tempfile.TemporaryDirectory() as tmp:
-        generate_dataset(tmp, candidates, seed=EXAMPLE_SEED, size=size, split="heldout")
-        scenes = SceneSet.load(tmp).scenes
+        pools: dict[tuple[int | None, int | None], list] = {}
         used: set[str] = set()
         for spec in EXAMPLES:
-            scene = _pick(scenes, spec, used)
+            width = None if spec.aspect == 1.0 else round(size * spec.aspect / 16) * 16
+            key = (spec.scene_characters, width)
+            if key not in pools:  # the default pool is the one the first examples always came from
+                folder = Path(tmp) / f"pool{len(pools)}"
+                generate_dataset(folder, candidates, seed=EXAMPLE_SEED, size=size, split="heldout",
+                                 characters=spec.scene_characters, width=width)
+                pools[key] = SceneSet.load(folder).scenes
+            scene = _pick(pools[key], spec, used)
             used.add(scene.id)
             canvas = build_example(scene, spec)
             path = canvas.save(out / f"{spec.name}.json")
@@ -75,8 +95,12 @@ def make_examples(out_dir: str | Path, size: int = 256, candidates: int = 120) -
 
 
 def _pick(scenes: list, spec: ExampleSpec, used: set[str]):
+    # Scene ids repeat across pools (same seed and index); an example never reuses an id, so no two examples
+    # come from the same (seed, index), whatever their pool.
     for scene in scenes:
         if scene.id in used or len(scene.images) < 2 or len(scene.images[0].subjects) != spec.characters:
+            continue
+        if spec.backgrounds is not None and scene.extra.get("background") not in spec.backgrounds:
             continue
         if not all(name in scene.images[1].layers for name in scene.images[0].subjects):
             continue

@@ -30,6 +30,9 @@ PLACE_WORDS = {
 }
 LIGHT_WORDS = {"day": "in daylight", "sunset": "at sunset", "night": "at night", "overcast": "in overcast light"}
 COUNT_WORDS = {1: "a", 2: "two", 3: "three", 4: "four"}
+MORE_COUNT_WORDS = {5: "five", 6: "six"}
+"""Counts past the world's usual 1-4, for scenes made with `characters=`. They stay out of VOCABULARY, whose
+order is the demo models' token ids (both words are in the models' basic vocabulary after it)."""
 _GLUE = "a an sprite sprites one and with"
 
 _WORD = re.compile(r"[a-z]+")
@@ -60,15 +63,17 @@ def describe(identity: Identity, eyes: bool = False, noun: str = "sprite") -> st
 
 
 def scene_prompt(identities: Sequence[Identity], background: str, lighting: str) -> str:
-    """The prompt of one image: its characters (left to right), the place and the lighting."""
-    if not 1 <= len(identities) <= 4:
-        raise ValueError(f"a prompt describes 1 to 4 characters, got {len(identities)}")
+    """The prompt of one image: its characters (left to right), the place and the lighting. Prompts of 5 or 6
+    characters can be longer than MAX_PROMPT_WORDS."""
+    counts = {**COUNT_WORDS, **MORE_COUNT_WORDS}
+    if len(identities) not in counts:
+        raise ValueError(f"a prompt describes 1 to {max(counts)} characters, got {len(identities)}")
     tail = f"{PLACE_WORDS[background]} {LIGHT_WORDS[lighting]}"
     if len(identities) == 1:
         return f"{describe(identities[0])}, {tail}"
     parts = [describe(i, noun="one") for i in identities]
     listed = ", ".join(parts[:-1]) + " and " + parts[-1]
-    return f"{COUNT_WORDS[len(identities)]} sprites: {listed}, {tail}"
+    return f"{counts[len(identities)]} sprites: {listed}, {tail}"
 
 
 def _vocabulary() -> list[str]:
@@ -100,4 +105,5 @@ VOCABULARY: list[str] = _vocabulary()
 """Every word a sprites-world prompt (or `describe(..., eyes=True)`) can contain, sorted, lowercase."""
 
 MAX_PROMPT_WORDS: int = _max_prompt_words()
-"""The longest prompt the templates can produce, in words (four characters, all with patterns and accessories)."""
+"""The longest prompt the templates can produce for the world's usual 1-4 characters, in words (four characters,
+all with patterns and accessories)."""

@@ -31,15 +31,20 @@ IMAGE_COUNTS = (2, 3, 4)
 IMAGE_COUNT_P = (0.3, 0.4, 0.3)
 OVERLAP_P = 0.5
 """Chance that an image with several characters places one of them deliberately against another."""
-BODY_HEIGHT = {1: (0.26, 0.36), 2: (0.22, 0.3), 3: (0.19, 0.26), 4: (0.17, 0.23)}
-"""Range of a character's body height (fraction of the image) by the number of characters in the scene."""
+BODY_HEIGHT = {1: (0.26, 0.36), 2: (0.22, 0.3), 3: (0.19, 0.26), 4: (0.17, 0.23), 5: (0.15, 0.2), 6: (0.14, 0.19)}
+"""Range of a character's body height (fraction of the image height) by the number of characters in the scene.
+Scenes draw 1-4 characters (`CHARACTER_COUNTS`); 5 and 6 are made only when asked for (`characters=`)."""
+MAX_CHARACTERS = 6
+MAX_ASPECT = 1.5
+"""Widest picture (width / height) the backgrounds cover: their shapes reach 0.3 of the height past each side."""
 MAX_OCCLUSION = 0.5
 """Placements where one character's box hides more than this share of another's are redrawn."""
 
 
 @dataclass(frozen=True)
 class Placement:
-    """Where and how one character appears in one image (normalised: fractions of the image side)."""
+    """Where and how one character appears in one image (normalised: x a fraction of the image width, y and
+    sizes fractions of its height; a square picture's side for both)."""
 
     subject: str
     pose: Pose
@@ -70,7 +75,7 @@ class SceneImage:
 
 @dataclass
 class Scene:
-    """A scene in memory: 2-4 images of the same 1-4 characters in one place."""
+    """A scene in memory: 2-4 images of the same 1-4 (on request up to 6) characters in one place."""
 
     scene_id: str
     index: int
@@ -81,6 +86,13 @@ class Scene:
     identities: list[Identity]
     images: list[SceneImage]
     layout: Layout = field(repr=False)
+    width: int | None = None
+    """Picture width in px when it differs from `size` (the height); None: square pictures."""
+
+    @property
+    def frame(self) -> tuple[int, int]:
+        """(width, height) of every picture and layer."""
+        return (self.width or self.size, self.size)
 
     @property
     def subjects(self) -> list[str]:
@@ -118,10 +130,21 @@ def scene_rng(seed: int, scene_index: int, split: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest, "big"))
 
 
-def _box(p: Placement, identity: Identity) -> tuple[float, float, float, float]:
+def check_width(width: int | None, size: int) -> int | None:
+    """The picture width (None: square), or a ValueError unless it is a valid size (`check_size`) with
+    width / height in 1/MAX_ASPECT..MAX_ASPECT."""
+    if width is None:
+        return None
+    width = check_size(width)
+    if not size <= width * MAX_ASPECT + 1e-9 or not width <= size * MAX_ASPECT + 1e-9:
+        raise ValueError(f"width {width} at height {size}: the aspect must be within 1/{MAX_ASPECT}..{MAX_ASPECT}")
+    return width
+
+
+def _box(p: Placement, identity: Identity, aspect: float = 1.0) -> tuple[float, float, float, float]:
     """Approximate bounding box of body, arms and feet (normalised), for placement decisions."""
     s, h = p.pose.stretch, p.height
-    half_w = 0.5 * h * (SHAPE_INFO[identity.shape].aspect / s**0.5 + 0.3)
+    half_w = 0.5 * h * (SHAPE_INFO[identity.shape].aspect / s**0.5 + 0.3) / aspect
     return (p.centre[0] - half_w, p.centre[1] - 0.5 * h * s, p.centre[0] + half_w, p.centre[1] + 0.62 * h * s)
 
 
@@ -144,9 +167,11 @@ def _place_one(
     near_identity: Identity | None,
     base_pose: Pose | None = None,
     pose_spread: float = 1.0,
+    aspect: float = 1.0,
 ) -> Placement:
     """Draw a pose and a spot on the ground, optionally right beside another character (to overlap it).
-    With `base_pose`, the pose is `blend_pose(base_pose, a fresh draw, pose_spread)`."""
+    With `base_pose`, the pose is `blend_pose(base_pose, a fresh draw, pose_spread)`. `aspect` is the
+    picture's width / height: widths are drawn in height units and x is kept a fraction of the width."""
     pose = sample_pose(rng)
     if base_pose is not None:
         pose = blend_pose(base_pose, pose, pose_spread, rng)
@@ -161,15 +186,16 @@ def _place_one(
     # Keep the head (and a hat) inside the frame: shrink rather than crop.
     h = min(h, (foot - 0.03) / (0.58 * s + 0.5 * s + 0.32))
     cy = foot - 0.58 * h * s
-    half_w = 0.5 * h * (SHAPE_INFO[identity.shape].aspect / s**0.5 + 0.3)
+    half_w = 0.5 * h * (SHAPE_INFO[identity.shape].aspect / s**0.5 + 0.3) / aspect
     if near is not None and near_identity is not None:
-        other = 0.5 * near.height * (SHAPE_INFO[near_identity.shape].aspect / near.pose.stretch**0.5 + 0.3)
+        other = 0.5 * near.height * (SHAPE_INFO[near_identity.shape].aspect / near.pose.stretch**0.5 + 0.3) / aspect
         gap = (half_w + other) * float(rng.uniform(0.35, 0.75))
         cx = near.centre[0] + gap * (1 if rng.random() < 0.5 else -1)
     else:
         # A character wider than the picture (`--heights` up to 0.6) is centred somewhere in the middle.
         cx = float(rng.uniform(min(half_w, 0.5), max(1 - half_w, 0.5)))
-    cx = float(np.clip(cx, half_w - 0.04, 1 - half_w + 0.04))
+    margin = 0.04 / aspect
+    cx = float(np.clip(cx, half_w - margin, 1 - half_w + margin))
     return Placement(identity.id, pose, (cx, cy), h)
 
 
@@ -201,7 +227,7 @@ def blend_pose(base: Pose, fresh: Pose, spread: float, rng: np.random.Generator)
 
 def _place_all(
     rng: np.random.Generator, identities: list[Identity], bases: list[float], horizon: float,
-    base_poses: list[Pose] | None = None, pose_spread: float = 1.0,
+    base_poses: list[Pose] | None = None, pose_spread: float = 1.0, aspect: float = 1.0,
 ) -> list[Placement]:
     """Place every character of one image; some placements are made to overlap, none hides another."""
     n = len(identities)
@@ -216,29 +242,38 @@ def _place_all(
             near = out[pair[0]] if pair is not None and i == pair[1] else None
             near_id = identities[pair[0]] if near is not None else None
             out[i] = _place_one(rng, identities[i], bases[i], horizon, near, near_id,
-                                None if base_poses is None else base_poses[i], pose_spread)
+                                None if base_poses is None else base_poses[i], pose_spread, aspect)
         placed = [p for p in out if p is not None]
-        boxes = [_box(p, idt) for p, idt in zip(placed, identities, strict=True)]
+        boxes = [_box(p, idt, aspect) for p, idt in zip(placed, identities, strict=True)]
         if all(_cover(boxes[i], boxes[j]) <= MAX_OCCLUSION for i in range(n) for j in range(i + 1, n)):
             return placed
     return placed
 
 
 def generate_scene(scene_index: int, seed: int = 0, size: int = 256, split: str = "train",
-                   pose_spread: float = 1.0, heights: tuple[float, float] | None = None) -> Scene:
+                   pose_spread: float = 1.0, heights: tuple[float, float] | None = None,
+                   characters: int | None = None, width: int | None = None) -> Scene:
     """Generate one scene in memory, deterministically from (seed, scene_index, split) at `size` px.
 
     `pose_spread` < 1 gives each character one pose per scene that every picture varies by that share
     (`blend_pose`): the pictures differ mostly in light, place and size. `heights` draws body heights from
     that range (fractions of the picture) instead of `BODY_HEIGHT`'s, which shrink as characters are added.
-    The defaults make the scenes they always made (same seeds, same pictures)."""
+    `characters` (1 to `MAX_CHARACTERS`) sets the number of characters instead of drawing 1-4. `width` makes
+    `width` x `size` pictures (width / height up to `MAX_ASPECT` either way): the background is the same
+    place seen wider or narrower (undistorted, centred), characters keep their heights and spread over the
+    width. The defaults make the scenes they always made (same seeds, same pictures)."""
     if not 0.0 <= pose_spread <= 1.0:
         raise ValueError(f"pose_spread {pose_spread} outside 0..1")
+    if characters is not None and (isinstance(characters, bool) or not 1 <= characters <= MAX_CHARACTERS):
+        raise ValueError(f"characters must be 1..{MAX_CHARACTERS}, got {characters!r}")
     # All random draws are resolution-free, so the same scene can be made at 128 px and at 512 px.
     size = check_size(size)
+    width = check_width(width, size)
     pool = split_indices(split)
     rng = scene_rng(seed, scene_index, split)
-    n_chars = int(rng.choice(CHARACTER_COUNTS, p=CHARACTER_COUNT_P))
+    n_chars = int(rng.choice(CHARACTER_COUNTS, p=CHARACTER_COUNT_P))  # drawn always: the stream stays the same
+    if characters is not None:
+        n_chars = int(characters)
     n_images = int(rng.choice(IMAGE_COUNTS, p=IMAGE_COUNT_P))
     identities = [identity_from_index(int(pool[k])) for k in rng.choice(len(pool), n_chars, replace=False)]
     background = str(rng.choice(BACKGROUNDS))
@@ -248,14 +283,15 @@ def generate_scene(scene_index: int, seed: int = 0, size: int = 256, split: str 
     # Drawn only when asked for, so the default scenes keep their random streams.
     base_poses = [sample_pose(rng) for _ in identities] if pose_spread < 1.0 else None
 
+    frame = (width or size, size)
     images = []
     for lighting_name in lightings:
         side = 1.0 if rng.random() < 0.5 else -1.0
         shift = float(rng.uniform(-0.03, 0.03))
-        placements = _place_all(rng, identities, bases, layout.horizon, base_poses, pose_spread)
-        images.append(_render_image(identities, placements, layout, background, lighting_name, side, shift, size))
+        placements = _place_all(rng, identities, bases, layout.horizon, base_poses, pose_spread, frame[0] / size)
+        images.append(_render_image(identities, placements, layout, background, lighting_name, side, shift, frame))
     scene_id = f"{split}-s{seed}-{scene_index:06d}"
-    return Scene(scene_id, scene_index, seed, split, size, background, identities, images, layout)
+    return Scene(scene_id, scene_index, seed, split, size, background, identities, images, layout, width)
 
 
 def _render_image(
@@ -266,15 +302,14 @@ def _render_image(
     lighting_name: str,
     side: float,
     shift: float,
-    size: int,
+    frame: tuple[int, int],
 ) -> SceneImage:
-    """Render the background and every character layer of one image, then composite them into the picture."""
+    """Render the background and every character layer of one (width, height) `frame`, then composite them."""
     lighting = get_lighting(lighting_name)
-    bg = render_background(layout, lighting, size, light_side=side, shift=shift)
+    w, h = frame
+    bg = render_background(layout, lighting, h, light_side=side, shift=shift, width=w)
     layers = {
-        p.subject: render_layer(
-            idt, p.pose, p.height * size, (p.centre[0] * size, p.centre[1] * size), (size, size), lighting, side
-        )
+        p.subject: render_layer(idt, p.pose, p.height * h, (p.centre[0] * w, p.centre[1] * h), frame, lighting, side)
         for idt, p in zip(identities, placements, strict=True)
     }
     order = [p.subject for p in sorted(placements, key=lambda p: p.foot)]
@@ -361,14 +396,20 @@ def generate_dataset(
     progress: bool = False,
     pose_spread: float = 1.0,
     heights: tuple[float, float] | None = None,
+    characters: int | None = None,
+    width: int | None = None,
 ) -> list[Path]:
     """Generate and write scenes 0..num_scenes-1 of (seed, split) at `size`; returns their folders
-    (`pose_spread`, `heights`: see `generate_scene`)."""
+    (`pose_spread`, `heights`, `characters`, `width`: see `generate_scene`)."""
     size = check_size(size)
+    check_width(width, size)
     split_indices(split)  # validate before writing anything
+    if characters is not None and (isinstance(characters, bool) or not 1 <= characters <= MAX_CHARACTERS):
+        raise ValueError(f"characters must be 1..{MAX_CHARACTERS}, got {characters!r}")
     paths = []
     for i in range(num_scenes):
-        paths.append(write_scene(generate_scene(i, seed, size, split, pose_spread, heights), out_dir))
+        scene = generate_scene(i, seed, size, split, pose_spread, heights, characters, width)
+        paths.append(write_scene(scene, out_dir))
         if progress and ((i + 1) % 50 == 0 or i + 1 == num_scenes):
             print(f"sprites: {i + 1}/{num_scenes} scenes written to {out_dir}", file=sys.stderr, flush=True)
     return paths
