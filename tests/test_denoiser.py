@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from layercomposer.conditioning import TokenRules, grid_ids
+from layercomposer.data.canvas_sampling import SamplingConfig, sample_training_canvas
 from layercomposer.data.scenes import SceneSet
 from layercomposer.models.attention import use_padded_batch_attention, use_stock_attention
 from layercomposer.models.denoiser import denoise
 from layercomposer.training.batch import SampleEncoder, collate, guidance_vector, predict_velocity
-from layercomposer.training.sampling import SamplingConfig, sample_training_canvas
 from layercomposer.world import generate_dataset
 
 

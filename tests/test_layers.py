@@ -24,6 +24,11 @@ FORBIDDEN = {
     "layercomposer.models.registry": ABOVE_MODELS,
     "layercomposer.models.cost": ABOVE_MODELS,
     "layercomposer.pipeline": ABOVE_PIPELINE,
+    # Canvas sampling from scenes is a data concern: the world, the examples and the evaluation use it without
+    # the trainer.
+    "layercomposer.data.canvas_sampling": ["layercomposer.training", *ABOVE_PIPELINE],
+    "layercomposer.world.examples": ["layercomposer.training", "layercomposer.eval", "layercomposer.cli"],
+    "layercomposer.eval.sprites": ["layercomposer.training", "layercomposer.cli", "layercomposer.server"],
 }
 
 PROBE = "import importlib, json, sys; importlib.import_module(sys.argv[1]); print(json.dumps(sorted(sys.modules)))"

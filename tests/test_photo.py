@@ -229,7 +229,7 @@ def test_scene_builder_output_loads_through_the_trainers_reader(built_scenes):
             assert im.layer(name).size == picture.size
         assert np.asarray(im.layer("background"))[..., 3].min() == 255
     # The trainer's sampler takes the scene as it is.
-    from layercomposer.training.sampling import sample_training_canvas
+    from layercomposer.data.canvas_sampling import sample_training_canvas
 
     sample = sample_training_canvas(solo, np.random.default_rng(0))
     assert sample.target.size == solo.images[sample.image].picture().size

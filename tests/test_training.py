@@ -13,17 +13,17 @@ import torch
 
 from layercomposer.canvas import Layer, LayerImage
 from layercomposer.conditioning import TokenRules
-from layercomposer.data.scenes import SceneError, SceneSet, load_scene
-from layercomposer.errors import LayerComposerError
-from layercomposer.models.attention import use_stock_attention
-from layercomposer.training.batch import SampleEncoder, collate, flow_loss, guidance_vector, subject_cells
-from layercomposer.training.sampling import (
+from layercomposer.data.canvas_sampling import (
     SamplingConfig,
     alpha_box,
     choose_locks,
     jitter_colours,
     sample_training_canvas,
 )
+from layercomposer.data.scenes import SceneError, SceneSet, load_scene
+from layercomposer.errors import LayerComposerError
+from layercomposer.models.attention import use_stock_attention
+from layercomposer.training.batch import SampleEncoder, collate, flow_loss, guidance_vector, subject_cells
 from layercomposer.world import generate_dataset
 
 

@@ -34,9 +34,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..canvas import Canvas, Layer, LayerImage
+from ..data.canvas_sampling import SamplingConfig, TrainingSample, alpha_box, place_unlocked, sample_training_canvas
 from ..data.scenes import BACKGROUND, Scene, SceneSet
 from ..errors import LayerComposerError
-from ..training.sampling import SamplingConfig, TrainingSample, alpha_box, place_unlocked, sample_training_canvas
 from .identity import MIN_VISIBLE_PIXELS
 from .metrics import locate, psnr, ssim
 

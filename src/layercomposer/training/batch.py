@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..conditioning import ConditioningBuilder, Mode, TokenRules, grid_ids
+from ..data.canvas_sampling import TrainingSample
 from ..flow import add_noise, velocity_target
 from ..models.denoiser import denoise, unwrap
 from ..models.text import TextEmbeddings
-from .sampling import TrainingSample
 
 
 @dataclass

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from ..conditioning import MODES, PRUNE_RULES
+from ..data.canvas_sampling import SamplingConfig
 from ..errors import LayerComposerError
-from .sampling import SamplingConfig
 
 
 @dataclass

@@ -22,9 +22,9 @@ from safetensors.torch import save
 
 from ..canvas import write_atomic
 from ..conditioning import TokenRules
+from ..data.canvas_sampling import SamplingConfig
 from ..data.scenes import SceneSet
 from .batch import EncodedSample
-from .sampling import SamplingConfig
 
 
 def data_signature(scenes: SceneSet) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..conditioning import TokenRules
+from ..data.canvas_sampling import TrainingSample, sample_training_canvas
 from ..data.scenes import SceneSet
 from ..errors import LayerComposerError
 from ..flow import sample_logit_normal
@@ -38,7 +39,6 @@ from .config import TrainConfig, add_train_arguments, lr_factor, train_config_fr
 from .ema import EMA_FILE, EmaWeights, copy_into
 from .metrics import MetricsLog, plot_loss_curve, read_metrics
 from .pool import PoolCache, pool_fingerprint
-from .sampling import TrainingSample, sample_training_canvas
 
 
 def run_rules(base: TokenRules, merge_locked: bool | None, prune: str | None) -> TokenRules:

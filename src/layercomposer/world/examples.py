@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..canvas import Canvas, Layer, LayerImage
-from ..training.sampling import SamplingConfig, alpha_box, place_unlocked
+from ..data.canvas_sampling import SamplingConfig, alpha_box, place_unlocked
 from .scenes import generate_dataset
 
 EXAMPLE_SEED = 7

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..canvas import Canvas, Layer, LayerImage
-from ..data.scenes import BACKGROUND, Scene, SceneImage
+from .scenes import BACKGROUND, Scene, SceneImage
 
 
 @dataclass(frozen=True)
