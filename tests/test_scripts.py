@@ -61,3 +61,30 @@ def test_train_step_benchmark_prints_a_table(tmp_path):
     assert len(rows) == 2
     eager = rows[0].split("|")
     assert float(eager[2]) > 0 and eager[3].strip() == "1.00x"
+
+
+def _report(top1: list[bool], engine: str = "layered") -> dict:
+    n = len(top1)
+    return {"cases": [{"case": k, "identity": [{"name": f"c{k}", "top1": {engine: v, "paste": True}}]}
+                      for k, v in enumerate(top1)],
+            "summary": {"identity": {"engines": {engine: {"top1": sum(top1) / n, "se": 0.1, "n": n},
+                                                 "paste": {"top1": 1.0, "se": 0.0, "n": n}}},
+                        "locked": {"psnr": 23.0, f"psnr_{engine}": 22.0},
+                        "unlocked": {engine: 13.0}, "image": {engine: {"psnr": 21.0}}}}
+
+
+def test_experiment_table_pairs_each_character_with_the_control(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import experiment_table
+    finally:
+        sys.path.pop(0)
+    control = tmp_path / "control.json"
+    control.write_text(json.dumps(_report([True, False, False, False])))
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps(_report([True, True, True, False], "strength")))
+    experiment_table.main(["--control", str(control), "--engine", "strength", f"s=-:{run}"])
+    row = capsys.readouterr().out.strip().splitlines()[-1].split("|")
+    # differences 0, +1, +1, 0: mean +50 points, s.e. = sd (0.577) / 2 = 29 points
+    assert row[4].strip() == "75% (10; 4)" and row[5].strip() == "+50 (29)"
+    assert row[7].strip() == "22.00 dB"  # the strength picture's locked PSNR, not the layered one's
