@@ -35,6 +35,7 @@ from .models.klein import KLEIN_PIPELINES
 from .models.lowmem import LoadOptions, is_quantized, load_transformer
 from .models.registry import ModelConfig, build_random, resolve_model
 from .models.text import ClipTextEncoder, TextEmbeddings, TextEncoder
+from .models.vae_tiles import decode_latents
 from .sampler import KnownRegion, StepCallback, sample_euler
 from .settings import GUIDANCE, SEED, STEPS, STRENGTH
 
@@ -340,12 +341,14 @@ class LayerComposerPipeline:
         return pack_latents(latents).to(self.dtype)
 
     @torch.no_grad()
-    def decode(self, tokens: torch.Tensor, grid: tuple[int, int]) -> Image.Image:
-        """(1, rows*cols, 4C) packed latents -> RGB picture."""
+    def decode(self, tokens: torch.Tensor, grid: tuple[int, int],
+               check: Callable[[], None] | None = None) -> Image.Image:
+        """(1, rows*cols, 4C) packed latents -> RGB picture; a large picture is decoded in tiles with `check()`
+        before each (`models/vae_tiles.py`), so that a cancel can stop it."""
         vae = self.vae
         latents = unpack_latents(tokens, *grid)
         latents = latents / vae.config.scaling_factor + vae.config.shift_factor
-        pixels = vae.decode(latents.to(next(vae.parameters()).dtype)).sample[0]
+        pixels = decode_latents(vae, latents.to(next(vae.parameters()).dtype), check)[0]
         arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         return Image.fromarray(np.ascontiguousarray(arr), "RGB")
 
@@ -466,7 +469,7 @@ class LayerComposerPipeline:
         seconds["sample"] = t2 - t1
         if check is not None:
             check()
-        image = self.decode(latents, (rows, cols))
+        image = self.decode(latents, (rows, cols), check)
         seconds["decode"] = time.perf_counter() - t2
         return GenerationResult(image=image, prompt=text, seed=int(seed), steps=steps, guidance_scale=guidance,
                                 mode=mode, plan=cond.plan, seconds=seconds, hard_locked=hard_locked,
@@ -525,12 +528,13 @@ class KleinComposerPipeline(LayerComposerPipeline):
         return tokens.to(self.dtype)
 
     @torch.no_grad()
-    def decode(self, tokens: torch.Tensor, grid: tuple[int, int]) -> Image.Image:
+    def decode(self, tokens: torch.Tensor, grid: tuple[int, int],
+               check: Callable[[], None] | None = None) -> Image.Image:
         vae = self.vae
         vae_dtype = next(vae.parameters()).dtype
         mean, std = self._latent_stats()
         tokens = tokens.to(mean.device, torch.float32) * std.float() + mean.float()
-        pixels = vae.decode(unpack_latents(tokens, *grid).to(vae_dtype)).sample[0]
+        pixels = decode_latents(vae, unpack_latents(tokens, *grid).to(vae_dtype), check)[0]
         arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         return Image.fromarray(np.ascontiguousarray(arr), "RGB")
 
