@@ -91,7 +91,7 @@ def test_masks_of_a_case(heldout):
 def test_revealed_pixels_are_where_target_and_collage_disagree(heldout_many):
     """Independently: a pixel is revealed iff T's front layer there is a layer L that the canvas also has there,
     but the canvas's front layer there is another one; its part is L's (locked or unlocked character)."""
-    from layercomposer.eval.sprites import _alpha
+    from layercomposer.eval.sprites.cases import _alpha
 
     seen_locked = seen_unlocked = 0
     for case in build_cases(SceneSet.load(heldout_many), 30):
@@ -133,7 +133,7 @@ def test_dilate_by_hand():
 def test_near_unlocked_mask_is_the_chessboard_distance(heldout_many):
     from scipy.ndimage import distance_transform_cdt
 
-    from layercomposer.eval.sprites import _alpha
+    from layercomposer.eval.sprites.cases import _alpha
 
     cases = [c for c in build_cases(SceneSet.load(heldout_many), 12)
              if any(n != "background" for n in c.sample.unlocked)]
@@ -423,7 +423,7 @@ def test_examples_figure(tmp_path):
 
 
 def test_identity_target_needs_60_percent_and_10_points_over_the_collage_model():
-    from layercomposer.eval.sprites import _identity_met
+    from layercomposer.eval.sprites.summary import _identity_met
 
     def summary(layered, collage):
         engines = {"layered": {"top1": layered}, **({"collage": {"top1": collage}} if collage is not None else {})}
