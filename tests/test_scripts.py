@@ -46,7 +46,7 @@ def test_make_demo_models_smoke_makes_two_loadable_models_and_resumes(tmp_path):
 
 
 def test_train_step_benchmark_prints_a_table(tmp_path):
-    from layercomposer.world.scenes import generate_dataset
+    from layercomposer.world.generator import generate_dataset
 
     data = tmp_path / "data"
     generate_dataset(data, 3, seed=0, size=256, split="train")

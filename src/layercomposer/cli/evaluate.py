@@ -73,9 +73,9 @@ def add_eval_parsers(sub: Any) -> None:
                            "table.json and the pictures to --out. An engine that cannot load is an error when it "
                            "is the only one asked for, else its row says why it was skipped.")
     ep.add_argument("--canvases", required=True, metavar="DIR", help="folder of canvases (.json / .lcz)")
-    ep.add_argument("--engines", default="layered,collage",
-                    help="comma-separated: layered, collage, refine-kontext, refine-qwen, refine-demo "
-                    "(default: layered,collage)")
+    ep.add_argument("--engines", default="layered,paste",
+                    help="comma-separated: layered, paste (the flattened canvas, no model; formerly 'collage'), "
+                    "refine-kontext, refine-qwen, refine-demo (default: layered,paste)")
     ep.add_argument("--out", required=True, metavar="DIR", help="results folder")
     ep.add_argument("--model", default=None, help="layered engine's model (default: demo)")
     ep.add_argument("--kontext-model", default=None, metavar="DIR", help="refine-kontext's FLUX.1 Kontext folder")
