@@ -434,3 +434,31 @@ def test_identity_target_needs_60_percent_and_10_points_over_the_collage_model()
     assert _identity_met(summary(0.55, 0.10)) is False  # under 60%
     assert _identity_met(summary(0.60, None)) is True  # no collage model measured: the level alone
     assert _identity_met({}) is None
+
+
+def test_occlusion_page_has_a_section_per_subset_and_a_run_keeps_the_other(tmp_path):
+    """docs/OCCLUSION.md: each occlusion-only run replaces its own subset's section; scripts/occlusion_page.py
+    writes the same page from the JSON reports."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    unlocked = json.loads((root / "docs" / "results" / "occlusion.json").read_text())
+    every = json.loads((root / "docs" / "results" / "occlusion-all.json").read_text())
+    first = occlusion_markdown(unlocked, "cmd-u", "m", "# an old page without sections\n")
+    assert "an old page" not in first and "cmd-u" in first and "occlusion-subset: all" not in first
+    both = occlusion_markdown(every, "cmd-a", "m", first)
+    assert both.startswith("# Results: the occlusion subset alone")
+    # page order: any layer first, then unlocked characters (whatever order the runs came in)
+    assert both.index("## Any layer's") < both.index("cmd-a") < both.index("## Unlocked") < both.index("cmd-u")
+    assert both.count("<!-- occlusion-subset:") == 2 and both.count("# Results") == 1
+    again = occlusion_markdown(unlocked, "cmd-u2", "m", both)
+    assert again == both.replace("cmd-u`", "cmd-u2`")  # the other section byte for byte
+    assert occlusion_markdown(every, "cmd-a", "m", again) == again
+    page = tmp_path / "OCCLUSION.md"
+    for report, command in (("occlusion-all.json", "cmd-a"), ("occlusion.json", "cmd-u")):
+        subprocess.run([sys.executable, str(root / "scripts" / "occlusion_page.py"),
+                        str(root / "docs" / "results" / report), "--command", command, "--machine", "m",
+                        "--results", str(page)], check=True, capture_output=True)
+    assert page.read_text() == both

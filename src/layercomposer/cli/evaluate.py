@@ -38,7 +38,7 @@ def add_eval_parsers(sub: Any) -> None:
                     help="evaluate only canvases whose target shows hidden pixels of an unlocked character (the "
                     "occlusion subset's unlocked part; --scenes of them), layered against "
                     "--collage-model (and hard-locked unless --no-hard-lock), no unpruned run or lock flip; --results "
-                    "writes that subset's own page")
+                    "writes that subset's section of the occlusion page (docs/OCCLUSION.md), keeping the other")
     es.add_argument("--identifier", default="shipped", metavar="DIR",
                     help="weights of the identity metric (default: the package's sprites identifier; 'none' "
                          "skips the metric); `eval identifier` trains one")
@@ -133,9 +133,13 @@ def cmd_eval_sprites(args: argparse.Namespace) -> int:
     if args.results:
         command = "layercomposer " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("layercomposer") else \
             "layercomposer eval sprites ..."
-        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-        page = occlusion_markdown if args.occlusion_only else results_markdown
-        Path(args.results).write_text(page(report, command, args.machine))
+        results = Path(args.results)
+        results.parent.mkdir(parents=True, exist_ok=True)
+        if args.occlusion_only:  # this subset's section; the page's other section stays
+            page = results.read_text() if results.is_file() else None
+            results.write_text(occlusion_markdown(report, command, args.machine, page))
+        else:
+            results.write_text(results_markdown(report, command, args.machine))
     print(json.dumps(report["summary"], indent=2))
     return 0
 

@@ -1,8 +1,9 @@
-"""The sprites evaluation's pages: docs/RESULTS.md (`results_markdown`) and the occlusion page
-(`occlusion_markdown`), from a report's JSON."""
+"""The sprites evaluation's pages: docs/RESULTS.md (`results_markdown`) and docs/OCCLUSION.md
+(`occlusion_markdown`, a section per occlusion subset), from a report's JSON."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -203,8 +204,37 @@ def _collage_locked_line(lk: dict[str, Any]) -> list[str]:
             f"{chars}{away_text}."]
 
 
-def occlusion_markdown(report: dict[str, Any], command: str, machine: str) -> str:
-    """The page of an occlusion-only run: the layered and the collage model on the occlusion subset alone."""
+OCCLUSION_TITLE = "# Results: the occlusion subset alone"
+OCCLUSION_SECTIONS = {"all": "## Any layer's hidden pixels (`--occlusion-subset all`)",
+                      "unlocked": "## Unlocked characters' hidden pixels (`--occlusion-subset unlocked`, the default)"}
+"""The occlusion page's sections, in page order: one per subset, each written by its own occlusion-only run."""
+_SECTION = re.compile(r"<!-- occlusion-subset: (\w+) -->\n(.*?)<!-- /occlusion-subset: \1 -->\n", re.DOTALL)
+
+
+def occlusion_markdown(report: dict[str, Any], command: str, machine: str, page: str | None = None) -> str:
+    """The occlusion page (docs/OCCLUSION.md) with this occlusion-only run's section: `page`, the page as it is
+    (None: none yet), keeps the other subset's section; a page without sections is replaced whole."""
+    subset = report["settings"].get("occlusion_subset", "unlocked")
+    sections = dict(_SECTION.findall(page or ""))
+    sections[subset] = occlusion_section(report, command, machine)
+    lines = [
+        OCCLUSION_TITLE,
+        "",
+        "The layered and the collage model on the canvases that show what the collage hides: pixels of any layer "
+        "that the target shows and another layer covers in the flattened canvas (the occlusion subset that "
+        "RESULTS.md judges the target on), and the unlocked characters' part of them alone. Each section is "
+        "written by its own run (`layercomposer eval sprites --occlusion-only [--occlusion-subset all] "
+        "--results docs/OCCLUSION.md`), which keeps the other section.",
+    ]
+    for name in OCCLUSION_SECTIONS:
+        if name in sections:
+            lines += ["", f"<!-- occlusion-subset: {name} -->", sections[name].rstrip("\n"),
+                      f"<!-- /occlusion-subset: {name} -->"]
+    return "\n".join(lines) + "\n"
+
+
+def occlusion_section(report: dict[str, Any], command: str, machine: str) -> str:
+    """One occlusion-only run's section of the occlusion page: the layered and the collage model on its subset."""
     s, st = report["summary"], report["settings"]
     subset = st.get("occlusion_subset", "unlocked")
     oc = s["occlusion"] if subset == "unlocked" else s["occlusion_all"]
@@ -217,13 +247,13 @@ def occlusion_markdown(report: dict[str, Any], command: str, machine: str) -> st
     }[occlusion_call(oc)]
     key = SUBSET_KEY[subset]
     revealed = [rec[key] for rec in report["cases"] if key in rec]
-    what, title, note = (
-        ("an unlocked character", "the occlusion subset's unlocked characters alone",
+    what, note = (
+        ("an unlocked character",
          " (The full evaluation's occlusion subset also counts the hidden pixels of locked layers; RESULTS.md "
          "reports both parts.)") if subset == "unlocked" else
-        ("any layer", "the occlusion subset alone", ""))
+        ("any layer", ""))
     lines = [
-        f"# Results: {title}",
+        OCCLUSION_SECTIONS[subset],
         "",
         f"Measured with `{command}` on {machine}. {oc['cases']} test canvases of the occlusion subset: canvases "
         "built from held-out scenes exactly as in the full evaluation (the same sampler and seeds), kept only "
