@@ -125,6 +125,8 @@ def main() -> int:
     parser.add_argument("--share", type=float, default=0.05, help="canvas share of each subject")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--subjects", default=",".join(map(str, SUBJECTS)),
+                        help="comma-separated subject counts (default %(default)s)")
     parser.add_argument("--json", default="docs/benchmarks/scaling-{device}.json")
     parser.add_argument("--report", default="docs/BENCHMARKS.md")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: "k,mode" in a child
@@ -136,11 +138,12 @@ def main() -> int:
         print(json.dumps(measure(args.model, args.device, args.size, tokens, args.steps, args.warmup)))
         return 0
 
+    subjects = [int(k) for k in args.subjects.split(",")]
     rows = []
-    for k in SUBJECTS:
+    for k in subjects:
         counts = token_counts(k, args.size, args.share)
         for mode in MODES:
-            if mode == "none" and k != SUBJECTS[0]:
+            if mode == "none" and k != subjects[0]:
                 rows.append({**rows[0], "subjects": k})  # the floor does not depend on k
                 continue
             out = subprocess.run([sys.executable, __file__, "--one", f"{k},{mode}", "--device", args.device,
@@ -157,7 +160,8 @@ def main() -> int:
     path = Path(args.json.format(device=args.device.split(":")[0]))
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"device": args.device, "model": args.model, "size": args.size, "share": args.share,
-           "steps": args.steps, "warmup": args.warmup, "rows": rows, "machine": machine_description(args.device)}
+           "steps": args.steps, "warmup": args.warmup, "subjects": subjects, "rows": rows,
+           "machine": machine_description(args.device)}
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)
     print(f"wrote {write_report(path.parent, Path(args.report))}", file=sys.stderr)
@@ -198,8 +202,8 @@ def write_report(folder: Path, out: Path) -> Path:
         lines += [f"## {run['model']} at {run['size']} px on {run['device']}", "",
                   f"Machine: {run['machine']}. Command: `python benchmarks/scaling.py --device {run['device']} "
                   f"--model {run['model']} --size {run['size']} --steps {run['steps']} "
-                  f"--warmup {run.get('warmup', 2)}` (median of {run['steps']} steps, each subject "
-                  f"{run['share']:.0%} of the canvas; {rows[0]['noisy']} noisy tokens).", "",
+                  f"--warmup {run.get('warmup', 2)}{_subjects_flag(run)}` (median of {run['steps']} steps, "
+                  f"each subject {run['share']:.0%} of the canvas; {rows[0]['noisy']} noisy tokens).", "",
                   "| subjects | mode | condition tokens | ms / step | x floor | peak memory (MiB) |",
                   "|---|---|---|---|---|---|"]
         for r in rows:
@@ -213,7 +217,8 @@ def write_report(folder: Path, out: Path) -> Path:
             ax_m.plot(ks, [r["peak_bytes"] / 2**20 for r in pts], "o-", label=mode)
         for ax, label in ((ax_t, "time per step / floor"), (ax_m, "peak memory (MiB)")):
             ax.set_xscale("log", base=2)
-            ax.set_xticks(SUBJECTS, [str(k) for k in SUBJECTS])
+            ks = run.get("subjects", SUBJECTS)
+            ax.set_xticks(ks, [str(k) for k in ks])
             ax.set_xlabel("subjects")
             ax.set_ylabel(label)
             ax.set_title(f"{run['model']}, {run['size']} px, {run['device']}")
@@ -232,6 +237,12 @@ def write_report(folder: Path, out: Path) -> Path:
         lines += ["", start + old.split(start, 1)[1].split(end, 1)[0] + end, ""]
     out.write_text("\n".join(lines))
     return out
+
+
+def _subjects_flag(run: dict) -> str:
+    """` --subjects 1,2` for a run over other subject counts than the default (older runs: the default)."""
+    ks = run.get("subjects", list(SUBJECTS))
+    return "" if tuple(ks) == SUBJECTS else f" --subjects {','.join(map(str, ks))}"
 
 
 def machine_description(device: str) -> str:

@@ -24,16 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args: str) -> None:
-    cmd = ["layercomposer", *args]
-    print("$ " + shlex.join(cmd), file=sys.stderr)
-    subprocess.run(cmd, check=True)
+    print("$ " + shlex.join(["layercomposer", *args]), file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "layercomposer", *args], check=True)  # this interpreter's package
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(ROOT / "docs" / "figures" / "photo-workflow.png"))
     parser.add_argument("--steps", type=int, default=28)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from skimage import data
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """Make docs/figures/demo-training.png: held-out loss of the shipped demo models over the training stages.
 
-    python docs/make_training_figure.py
+    python docs/make_training_figure.py [--out docs/figures/demo-training.png]
 
 Stage 1 (steps 0-2000, no EMA) is the run of 2026-11-23, whose metrics were not kept: its held-out losses are
 the ones recorded in docs/TRAINING.md. Stage 2 (steps 2000-4250, EMA 0.999, sample pool) reads
@@ -21,6 +21,7 @@ tried beside a shipped one and not shipped (the controls) are drawn dashed from 
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -56,7 +57,10 @@ def held_out(path: Path, offset: int) -> list[tuple[int, float]]:
     return [(offset + r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(HERE / "figures" / "demo-training.png"))
+    args = parser.parse_args(argv)
     fig, ax = plt.subplots(figsize=(9, 4.4), dpi=120)
     starts: dict[str, tuple[int, float]] = {}  # the shipped layered model's point where each stage starts
     for name, colour in (("demo", "#1f4e79"), ("demo-collage", "#c0504d")):
@@ -93,7 +97,8 @@ def main() -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", bbox_to_anchor=(1.0, 0.86), fontsize=7)
     fig.tight_layout()
-    out = HERE / "figures" / "demo-training.png"
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     print(f"wrote {out}")
 

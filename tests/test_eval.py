@@ -91,7 +91,7 @@ def test_masks_of_a_case(heldout):
 def test_revealed_pixels_are_where_target_and_collage_disagree(heldout_many):
     """Independently: a pixel is revealed iff T's front layer there is a layer L that the canvas also has there,
     but the canvas's front layer there is another one; its part is L's (locked or unlocked character)."""
-    from layercomposer.eval.sprites import _alpha
+    from layercomposer.eval.sprites.cases import _alpha
 
     seen_locked = seen_unlocked = 0
     for case in build_cases(SceneSet.load(heldout_many), 30):
@@ -133,7 +133,7 @@ def test_dilate_by_hand():
 def test_near_unlocked_mask_is_the_chessboard_distance(heldout_many):
     from scipy.ndimage import distance_transform_cdt
 
-    from layercomposer.eval.sprites import _alpha
+    from layercomposer.eval.sprites.cases import _alpha
 
     cases = [c for c in build_cases(SceneSet.load(heldout_many), 12)
              if any(n != "background" for n in c.sample.unlocked)]
@@ -423,7 +423,7 @@ def test_examples_figure(tmp_path):
 
 
 def test_identity_target_needs_60_percent_and_10_points_over_the_collage_model():
-    from layercomposer.eval.sprites import _identity_met
+    from layercomposer.eval.sprites.summary import _identity_met
 
     def summary(layered, collage):
         engines = {"layered": {"top1": layered}, **({"collage": {"top1": collage}} if collage is not None else {})}
@@ -434,3 +434,31 @@ def test_identity_target_needs_60_percent_and_10_points_over_the_collage_model()
     assert _identity_met(summary(0.55, 0.10)) is False  # under 60%
     assert _identity_met(summary(0.60, None)) is True  # no collage model measured: the level alone
     assert _identity_met({}) is None
+
+
+def test_occlusion_page_has_a_section_per_subset_and_a_run_keeps_the_other(tmp_path):
+    """docs/OCCLUSION.md: each occlusion-only run replaces its own subset's section; scripts/occlusion_page.py
+    writes the same page from the JSON reports."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    unlocked = json.loads((root / "docs" / "results" / "occlusion.json").read_text())
+    every = json.loads((root / "docs" / "results" / "occlusion-all.json").read_text())
+    first = occlusion_markdown(unlocked, "cmd-u", "m", "# an old page without sections\n")
+    assert "an old page" not in first and "cmd-u" in first and "occlusion-subset: all" not in first
+    both = occlusion_markdown(every, "cmd-a", "m", first)
+    assert both.startswith("# Results: the occlusion subset alone")
+    # page order: any layer first, then unlocked characters (whatever order the runs came in)
+    assert both.index("## Any layer's") < both.index("cmd-a") < both.index("## Unlocked") < both.index("cmd-u")
+    assert both.count("<!-- occlusion-subset:") == 2 and both.count("# Results") == 1
+    again = occlusion_markdown(unlocked, "cmd-u2", "m", both)
+    assert again == both.replace("cmd-u`", "cmd-u2`")  # the other section byte for byte
+    assert occlusion_markdown(every, "cmd-a", "m", again) == again
+    page = tmp_path / "OCCLUSION.md"
+    for report, command in (("occlusion-all.json", "cmd-a"), ("occlusion.json", "cmd-u")):
+        subprocess.run([sys.executable, str(root / "scripts" / "occlusion_page.py"),
+                        str(root / "docs" / "results" / report), "--command", command, "--machine", "m",
+                        "--results", str(page)], check=True, capture_output=True)
+    assert page.read_text() == both

@@ -81,7 +81,7 @@ def test_shipped_identifier_knows_the_targets_and_not_the_background(identifier,
     for k in range(24):
         scene = generate_scene(k, seed=1, size=256, split="heldout")
         image = scene.images[0]
-        masks = visible_masks(_SceneImageView(image))
+        masks = visible_masks(_GeneratedImageView(image))
         for name in scene.subjects:
             mask = masks[name]
             if mask.sum() < MIN_VISIBLE_PIXELS:
@@ -96,8 +96,8 @@ def test_shipped_identifier_knows_the_targets_and_not_the_background(identifier,
     assert background_right / queries <= 0.15  # chance is 1 in 40
 
 
-class _SceneImageView:
-    """A world `SceneImage` seen through the training format's interface (`order`, `layer`)."""
+class _GeneratedImageView:
+    """A world `GeneratedImage` seen through the training format's interface (`order`, `layer`)."""
 
     def __init__(self, image) -> None:
         self.order = ["background", *image.order]

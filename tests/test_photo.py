@@ -18,7 +18,7 @@ from layercomposer.data.scenes import SceneSet
 from layercomposer.photo import PhotoError, require
 from layercomposer.photo.cutout import box_iou, cutout, detect_faces, mask_iou, parse_box
 from layercomposer.photo.identity import assign, get_embedder, match_identities
-from layercomposer.photo.scenes import BuildOptions, build_scenes
+from layercomposer.photo.scene_builder import BuildOptions, build_scenes
 
 skdata = pytest.importorskip("skimage.data")
 

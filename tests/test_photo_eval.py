@@ -26,7 +26,7 @@ from layercomposer.photo.study import build_study, summarise_choices
 from tiny_models import save_tiny_kontext, save_tiny_qwen_edit, tiny_clip_tokenizer
 
 skdata = pytest.importorskip("skimage.data")
-ENGINES = ["layered", "collage", "refine-kontext", "refine-qwen"]
+ENGINES = ["layered", "paste", "refine-kontext", "refine-qwen"]
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:
@@ -121,14 +121,14 @@ def test_table_has_every_engine_the_embedder_and_missing_weights(results):
             assert Image.open(out / case["engines"][engine]["output"]).size == (256, 256)
 
 
-def test_collage_baseline_keeps_the_identity_and_the_locked_pixels(results):
+def test_paste_baseline_keeps_the_identity_and_the_locked_pixels(results):
     out, _ = results
     report = json.loads((out / "table.json").read_text())
-    collage = report["engines"]["collage"]
-    # The collage shows each identity's own pixels (scaled): dlib finds both and calls them the same person.
-    assert collage["identity"]["detected"] == 2 and collage["identity"]["same_person"] == 2
-    assert collage["identity"]["cosine"] > 0.9  # measured 0.957
-    assert collage["locked_psnr"] == {"mean_db": 100.0, "canvases": 1}  # identical pixels (psnr's cap)
+    paste = report["engines"]["paste"]
+    # Naive pasting shows each identity's own pixels (scaled): dlib finds both and calls them the same person.
+    assert paste["identity"]["detected"] == 2 and paste["identity"]["same_person"] == 2
+    assert paste["identity"]["cosine"] > 0.9  # measured 0.957
+    assert paste["locked_psnr"] == {"mean_db": 100.0, "canvases": 1}  # identical pixels (psnr's cap)
     # Random engines draw noise: no face, and a low PSNR on the locked prior.
     for engine in ("layered", "refine-kontext", "refine-qwen"):
         row = report["engines"][engine]
@@ -170,12 +170,12 @@ def test_clipscore_matches_clips_own_logits(results, models, bench):
     solo = next(c for c in report["per_canvas"] if c["id"] == "solo")
     model = CLIPModel.from_pretrained(str(models["clip"])).eval()
     processor = CLIPProcessor.from_pretrained(str(models["clip"]))
-    image = Image.open(out / solo["engines"]["collage"]["output"]).convert("RGB")
+    image = Image.open(out / solo["engines"]["paste"]["output"]).convert("RGB")
     inputs = processor(text=[solo["prompt"]], images=[image], return_tensors="pt", padding=True)
     with torch.no_grad():
         logits = model(**inputs).logits_per_image
         cos = float(logits[0, 0] / model.logit_scale.exp())
-    assert solo["engines"]["collage"]["clipscore"] == pytest.approx(100 * max(cos, 0.0), abs=1e-3)
+    assert solo["engines"]["paste"]["clipscore"] == pytest.approx(100 * max(cos, 0.0), abs=1e-3)
 
 
 def test_engines_that_cannot_load(bench, tmp_path):
@@ -188,6 +188,7 @@ def test_engines_that_cannot_load(bench, tmp_path):
     # Among several: skipped, its row says why; the others run. (Results inside the canvases folder, twice:
     # results folders are not taken for canvases.)
     shutil.copytree(canvases, tmp_path / "canvases")
+    # "collage" is the old name of the paste engine, still read.
     for results_dir in ("b", "b2"):
         code, _, err = run_cli("eval", "photos", "--canvases", str(tmp_path / "canvases"), "--engines",
                                "collage,refine-qwen", "--embedder", "hog-colour", "--out",
@@ -198,8 +199,8 @@ def test_engines_that_cannot_load(bench, tmp_path):
     assert "| refine-qwen | skipped: no --qwen-model given" in table and "hog-colour-v1" in table
     report = json.loads((tmp_path / "canvases" / "b2" / "table.json").read_text())
     assert report["engines"]["refine-qwen"]["status"] == "skipped" and report["canvases"] == 2
-    assert report["engines"]["collage"]["identity"]["detected"] == 2
-    code, _, err = run_cli("eval", "photos", "--canvases", canvases, "--engines", "collage,nope", "--out",
+    assert report["engines"]["paste"]["identity"]["detected"] == 2
+    code, _, err = run_cli("eval", "photos", "--canvases", canvases, "--engines", "paste,nope", "--out",
                            str(tmp_path / "c"))
     assert code == 2 and "unknown engine 'nope'" in err
     code, _, err = run_cli("eval", "photos", "--canvases", str(tmp_path / "none"), "--out", str(tmp_path / "d"))
@@ -335,22 +336,22 @@ process.stdout.write(downloaded);
 
 def test_study_summary_win_rates(tmp_path):
     a = {"format": "layercomposer-study-choices/1", "choices": [
-        {"canvas": "c1", "order": ["collage", "layered", "refine-qwen"], "chosen": "layered", "position": 1},
-        {"canvas": "c2", "order": ["layered", "refine-qwen", "collage"], "chosen": "refine-qwen", "position": 1},
+        {"canvas": "c1", "order": ["paste", "layered", "refine-qwen"], "chosen": "layered", "position": 1},
+        {"canvas": "c2", "order": ["layered", "refine-qwen", "paste"], "chosen": "refine-qwen", "position": 1},
         {"canvas": "c3", "order": ["refine-qwen", "layered"], "chosen": "layered", "position": 1},
     ]}
     b = {"format": "layercomposer-study-choices/1", "choices": [
-        {"canvas": "c1", "order": ["layered", "collage", "refine-qwen"], "chosen": "layered", "position": 0},
+        {"canvas": "c1", "order": ["layered", "paste", "refine-qwen"], "chosen": "layered", "position": 0},
     ]}
     (tmp_path / "a.json").write_text(json.dumps(a))
     (tmp_path / "b.json").write_text(json.dumps(b))
     summary = summarise_choices([tmp_path / "a.json", tmp_path / "b.json"])
     assert summary["choices"] == 4
-    # layered: shown 4 times, won 3; refine-qwen: shown 4, won 1; collage: shown 3, won 0.
+    # layered: shown 4 times, won 3; refine-qwen: shown 4, won 1; paste: shown 3, won 0.
     assert summary["engines"]["layered"] == {"wins": 3, "shown": 4, "win_rate": 0.75, "share": 0.75}
     assert summary["engines"]["refine-qwen"]["win_rate"] == 0.25
-    assert summary["engines"]["collage"] == {"wins": 0, "shown": 3, "win_rate": 0.0, "share": 0.0}
-    assert list(summary["engines"]) == ["layered", "refine-qwen", "collage"]
+    assert summary["engines"]["paste"] == {"wins": 0, "shown": 3, "win_rate": 0.0, "share": 0.0}
+    assert list(summary["engines"]) == ["layered", "refine-qwen", "paste"]
     code, stdout, _ = run_cli("eval", "study-summary", str(tmp_path / "a.json"), str(tmp_path / "b.json"))
     assert code == 0
     layered_line = next(line for line in stdout.splitlines() if line.startswith("layered"))

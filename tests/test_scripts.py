@@ -1,4 +1,5 @@
-"""The reproduction script and the trainer benchmark run end to end with tiny settings, so they cannot rot."""
+"""The reproduction script, the benchmarks and the scripts that draw docs/figures run end to end with tiny
+settings (writing to temporary paths, never over the committed figures and reports), so they cannot rot."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def test_make_demo_models_smoke_makes_two_loadable_models_and_resumes(tmp_path):
 
 
 def test_train_step_benchmark_prints_a_table(tmp_path):
-    from layercomposer.world.scenes import generate_dataset
+    from layercomposer.world.generator import generate_dataset
 
     data = tmp_path / "data"
     generate_dataset(data, 3, seed=0, size=256, split="train")
@@ -88,3 +89,86 @@ def test_experiment_table_pairs_each_character_with_the_control(tmp_path, capsys
     # differences 0, +1, +1, 0: mean +50 points, s.e. = sd (0.577) / 2 = 29 points
     assert row[4].strip() == "75% (10; 4)" and row[5].strip() == "+50 (29)"
     assert row[7].strip() == "22.00 dB"  # the strength picture's locked PSNR, not the layered one's
+
+
+COMMITTED = ("docs/figures", "docs/benchmarks", "docs/BENCHMARKS.md", "docs/STARTUP.md")
+
+
+@pytest.fixture
+def committed_docs_untouched():
+    """The committed figures and benchmark reports are byte for byte the same after the test."""
+    def snapshot() -> dict[str, bytes]:
+        files = [p for name in COMMITTED for p in ([ROOT / name] if (ROOT / name).is_file() else
+                                                   sorted((ROOT / name).rglob("*")))]
+        return {str(p.relative_to(ROOT)): p.read_bytes() for p in files if p.is_file()}
+
+    before = snapshot()
+    yield
+    assert snapshot() == before
+
+
+def _script(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    run = subprocess.run([sys.executable, *args], env=_env(), cwd=ROOT, capture_output=True, text=True,
+                         timeout=timeout)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    return run
+
+
+def test_training_figure_script(tmp_path, committed_docs_untouched):
+    from PIL import Image
+
+    out = tmp_path / "training.png"
+    _script(str(ROOT / "docs/make_training_figure.py"), "--out", str(out))
+    assert Image.open(out).size == (1080, 528)  # 9 x 4.4 inches at 120 dpi
+
+
+def test_photo_figure_script(tmp_path, committed_docs_untouched):
+    pytest.importorskip("skimage")
+    pytest.importorskip("mediapipe")
+    from PIL import Image
+
+    out = tmp_path / "photo.png"
+    run = _script(str(ROOT / "docs/make_photo_figure.py"), "--out", str(out), "--steps", "1")
+    assert Image.open(out).size == (5 * (224 + 6) + 6, 224 + 24 + 6)  # five panels
+    assert "$ layercomposer refine" in run.stderr
+
+
+def test_editor_screenshot_script(tmp_path, committed_docs_untouched):
+    import socket
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).is_file():
+        pytest.skip("Debian chromium is not installed (apt-get install chromium): make_screenshot.py needs it")
+    pytest.importorskip("playwright")
+    from PIL import Image
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "editor.png"
+    run = _script(str(ROOT / "docs/make_screenshot.py"), "--model", "tiny-random", "--port", str(port),
+                  "--out", str(out))
+    assert Image.open(out).size == (1440, 900) and "generated in" in run.stdout
+
+
+def test_scaling_benchmark(tmp_path, committed_docs_untouched):
+    report = tmp_path / "BENCHMARKS.md"
+    _script(str(ROOT / "benchmarks/scaling.py"), "--model", "tiny-random", "--size", "64", "--steps", "1",
+            "--warmup", "0", "--subjects", "1,2", "--json", str(tmp_path / "scaling-{device}.json"),
+            "--report", str(report))
+    doc = json.loads((tmp_path / "scaling-cpu.json").read_text())
+    rows = {(r["subjects"], r["mode"]): r for r in doc["rows"]}
+    assert sorted(rows) == sorted((k, m) for k in (1, 2) for m in ("none", "collage", "layered", "unpruned"))
+    # 64 px: a 4 x 4 grid; two subjects of 14 px squares: pruned below the unpruned two full grids
+    assert rows[(2, "collage")]["tokens"] == 16 and rows[(2, "unpruned")]["tokens"] == 32
+    assert 0 < rows[(2, "layered")]["tokens"] < 32 and rows[(1, "none")]["time_ratio"] == 1.0
+    text = report.read_text()
+    assert "--subjects 1,2" in text and "| 2 | layered |" in text
+    assert (tmp_path / "figures" / "scaling.png").is_file()
+
+
+def test_startup_benchmark(tmp_path, committed_docs_untouched):
+    report = tmp_path / "STARTUP.md"
+    _script(str(ROOT / "benchmarks/startup.py"), "--runs", "1", "--model", "tiny-random", "--report", str(report))
+    text = report.read_text()
+    assert text.startswith("# Start-up") and "--model tiny-random" in text and "Wall time of the whole command" in text

@@ -33,6 +33,7 @@ from layercomposer.world import (
     train_indices,
     write_scene,
 )
+from layercomposer.world.generator import BODY_HEIGHT
 from layercomposer.world.identity import ACCESSORIES, EYES, PATTERNS
 from layercomposer.world.prompts import (
     ACCESSORY_WORDS,
@@ -42,7 +43,6 @@ from layercomposer.world.prompts import (
     PATTERN_WORDS,
     PLACE_WORDS,
 )
-from layercomposer.world.scenes import BODY_HEIGHT
 
 SIZE = 128
 

@@ -38,7 +38,7 @@ def add_eval_parsers(sub: Any) -> None:
                     help="evaluate only canvases whose target shows hidden pixels of an unlocked character (the "
                     "occlusion subset's unlocked part; --scenes of them), layered against "
                     "--collage-model (and hard-locked unless --no-hard-lock), no unpruned run or lock flip; --results "
-                    "writes that subset's own page")
+                    "writes that subset's section of the occlusion page (docs/OCCLUSION.md), keeping the other")
     es.add_argument("--identifier", default="shipped", metavar="DIR",
                     help="weights of the identity metric (default: the package's sprites identifier; 'none' "
                          "skips the metric); `eval identifier` trains one")
@@ -73,9 +73,9 @@ def add_eval_parsers(sub: Any) -> None:
                            "table.json and the pictures to --out. An engine that cannot load is an error when it "
                            "is the only one asked for, else its row says why it was skipped.")
     ep.add_argument("--canvases", required=True, metavar="DIR", help="folder of canvases (.json / .lcz)")
-    ep.add_argument("--engines", default="layered,collage",
-                    help="comma-separated: layered, collage, refine-kontext, refine-qwen, refine-demo "
-                    "(default: layered,collage)")
+    ep.add_argument("--engines", default="layered,paste",
+                    help="comma-separated: layered, paste (the flattened canvas, no model; formerly 'collage'), "
+                    "refine-kontext, refine-qwen, refine-demo (default: layered,paste)")
     ep.add_argument("--out", required=True, metavar="DIR", help="results folder")
     ep.add_argument("--model", default=None, help="layered engine's model (default: demo)")
     ep.add_argument("--kontext-model", default=None, metavar="DIR", help="refine-kontext's FLUX.1 Kontext folder")
@@ -133,9 +133,13 @@ def cmd_eval_sprites(args: argparse.Namespace) -> int:
     if args.results:
         command = "layercomposer " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("layercomposer") else \
             "layercomposer eval sprites ..."
-        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-        page = occlusion_markdown if args.occlusion_only else results_markdown
-        Path(args.results).write_text(page(report, command, args.machine))
+        results = Path(args.results)
+        results.parent.mkdir(parents=True, exist_ok=True)
+        if args.occlusion_only:  # this subset's section; the page's other section stays
+            page = results.read_text() if results.is_file() else None
+            results.write_text(occlusion_markdown(report, command, args.machine, page))
+        else:
+            results.write_text(results_markdown(report, command, args.machine))
     print(json.dumps(report["summary"], indent=2))
     return 0
 

@@ -113,7 +113,7 @@ def cmd_cutout(args: argparse.Namespace) -> int:
 
 
 def cmd_scenes_build(args: argparse.Namespace) -> int:
-    from ..photo.scenes import BuildOptions, build_scenes
+    from ..photo.scene_builder import BuildOptions, build_scenes
 
     options = BuildOptions(max_people=args.max_people, min_face=args.min_face, max_side=args.max_side,
                            min_score=args.min_score, template=args.template, embedder=args.embedder,

@@ -91,7 +91,7 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
 
 def cmd_world_generate(args: argparse.Namespace) -> int:
     from ..world import generate_dataset
-    from ..world.scenes import MAX_CHARACTERS, check_width
+    from ..world.generator import MAX_CHARACTERS, check_width
 
     if not 1 <= args.scenes <= 1_000_000:
         raise LayerComposerError(f"--scenes: must be between 1 and 1000000, got {args.scenes}")

@@ -293,7 +293,7 @@ ENGINES = ("layered", "hard_lock", "strength", "collage", "paste", "vae", "targe
 
 def identity_regions(case, pics: dict[str, Image.Image], identifier: Identifier, plan,
                      seed: int = 1) -> list[dict]:
-    """One record per unlocked character of `case` (an `eval.sprites.Case`) that the target shows at least
+    """One record per unlocked character of `case` (an `eval.sprites.SpriteCase`) that the target shows at least
     `MIN_VISIBLE_PIXELS` of: whether each picture in `pics` shows the right identity in the character's
     visible region, among `GALLERY` candidates; and the identifier's own checks on the same query: the
     background alone in that region (chance) and the character's own region in another picture of the scene.

@@ -13,7 +13,7 @@ renders a picture; each picture is scored on
   (a local transformers CLIP folder, ``--clip-model``); "n/a (weights missing)" otherwise;
 - image quality: HPSv3 (the ``hpsv3`` package and a local checkpoint, ``--hps-checkpoint``); else "n/a";
 - locked-region fidelity (our addition): PSNR between the output and the canvas's own pixels (its flattened
-  collage over white) where the flattened colour comes (99% or more) from locked layers.
+  canvas over white) where the flattened colour comes (99% or more) from locked layers.
 
 Nothing is downloaded: every optional model is used only when its files are already here.
 """
@@ -43,10 +43,15 @@ from ..photo.cutout import Face, detect_faces, rgb_array
 from ..photo.identity import get_embedder
 from .metrics import psnr
 
-ENGINES = ("layered", "collage", "refine-kontext", "refine-qwen", "refine-demo")
-"""`layered`: our pipeline (``--model``); `collage`: the flattened canvas itself (a baseline that changes nothing);
-`refine-kontext` / `refine-qwen`: the rough collage refined by FLUX.1 Kontext / Qwen-Image-Edit (``--kontext-model``
-/ ``--qwen-model``); `refine-demo`: the refine technique on our collage-conditioned model (``--collage-model``)."""
+ENGINES = ("layered", "paste", "refine-kontext", "refine-qwen", "refine-demo")
+"""`layered`: our pipeline (``--model``); `paste`: naive pasting, the flattened canvas itself (no model: a baseline
+that changes nothing); `refine-kontext` / `refine-qwen`: the rough collage refined by FLUX.1 Kontext /
+Qwen-Image-Edit (``--kontext-model`` / ``--qwen-model``); `refine-demo`: the refine technique on our
+collage-conditioned model (``--collage-model``)."""
+
+OLD_ENGINE_NAMES = {"collage": "paste"}
+"""Engine names of earlier versions, still read from ``--engines`` ("collage" meant no model at all, while
+everywhere else it names the collage model and mode)."""
 
 NA_WEIGHTS = "n/a (weights missing)"
 LOCK_MODES = ("canvas", "background", "none")
@@ -110,12 +115,12 @@ class Identity:
 
 
 @dataclass
-class Case:
+class PhotoCase:
     id: str
     path: Path
     canvas: Canvas
     target: Image.Image
-    """The canvas's own pixels: its collage at the generation size, over white (RGB)."""
+    """The canvas's own pixels: the flattened canvas at the generation size, over white (RGB)."""
     locked: np.ndarray
     """Locked region (bool, generation size)."""
     identities: list[Identity] = field(default_factory=list)
@@ -171,7 +176,8 @@ def locked_region(canvas: Canvas, size: tuple[int, int] | None = None) -> np.nda
 
 
 def canvas_pixels(canvas: Canvas) -> Image.Image:
-    """The flattened canvas at its generation size over white (what the collage baselines get), RGB."""
+    """The flattened canvas at its generation size over white, RGB: the `paste` engine's picture, and what the
+    refine engines start from."""
     w, h = canvas.generation_size
     base = Image.new("RGBA", (w, h), (255, 255, 255, 255))
     return Image.alpha_composite(base, canvas.flatten((w, h))).convert("RGB")
@@ -189,10 +195,10 @@ def reference_image(layer_image: Image.Image) -> Image.Image:
 
 
 def load_cases(root: str | os.PathLike[str], scorer: IdentityScorer, lock: str = "canvas",
-               log: Log | None = None, exclude: Path | None = None) -> list[Case]:
+               log: Log | None = None, exclude: Path | None = None) -> list[PhotoCase]:
     """Load every canvas under `root`, with its identities (faces of its subject layers) and locked region."""
     root_path = Path(root)
-    cases: list[Case] = []
+    cases: list[PhotoCase] = []
     seen: set[str] = set()
     for path in find_canvases(root_path, exclude):
         canvas = apply_lock(load_canvas(path), lock)
@@ -200,7 +206,7 @@ def load_cases(root: str | os.PathLike[str], scorer: IdentityScorer, lock: str =
         if cid in seen:
             cid = f"{cid}-{len(cases)}"
         seen.add(cid)
-        case = Case(cid, path, canvas, canvas_pixels(canvas), locked_region(canvas))
+        case = PhotoCase(cid, path, canvas, canvas_pixels(canvas), locked_region(canvas))
         for layer in canvas.visible_layers():
             if layer.is_background:
                 continue
@@ -330,7 +336,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
-def identity_scores(case: Case, output: Image.Image, scorer: IdentityScorer) -> list[dict[str, Any]]:
+def identity_scores(case: PhotoCase, output: Image.Image, scorer: IdentityScorer) -> list[dict[str, Any]]:
     """Per identity of the canvas: the output face paired with it (one-to-one, least total distance), its
     cosine similarity and distance; `detected` is False when no output face is left for it."""
     if not case.identities:
@@ -525,10 +531,10 @@ class Engine(Protocol):
 
 
 @dataclass
-class CollageEngine:
-    """The baseline that changes nothing: the flattened canvas over white."""
+class PasteEngine:
+    """Naive pasting, the baseline that changes nothing: the flattened canvas over white, no model."""
 
-    name: str = "collage"
+    name: str = "paste"
     description: str = "flattened canvas, no model"
 
     def __call__(self, canvas: Canvas) -> Image.Image:
@@ -584,8 +590,8 @@ _MODEL_OPTION = {"refine-kontext": ("kontext_model", "--kontext-model", "a FLUX.
 
 def load_engine(name: str, options: EvalOptions) -> Engine:
     """Load one engine; a one-line LayerComposerError naming what is missing when it cannot."""
-    if name == "collage":
-        return CollageEngine()
+    if name == "paste":
+        return PasteEngine()
     if name == "layered":
         return LayeredEngine(options)
     if name in _MODEL_OPTION:
@@ -600,7 +606,9 @@ def load_engine(name: str, options: EvalOptions) -> Engine:
 
 
 def parse_engines(text: str | Sequence[str]) -> list[str]:
+    """The engine names of ``--engines`` (comma-separated or a list), checked; old names read as today's."""
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    names = [OLD_ENGINE_NAMES.get(n, n) for n in names]
     if not names:
         raise LayerComposerError("--engines: give at least one engine")
     for n in names:

@@ -9,6 +9,17 @@ from __future__ import annotations
 
 from .backgrounds import BACKGROUNDS, Layout, make_layout, render_background
 from .classifiers import classify, classify_background, classify_lighting
+from .generator import (
+    GeneratedImage,
+    GeneratedScene,
+    Placement,
+    composite,
+    generate_dataset,
+    generate_scene,
+    overlap_share,
+    visible_overlaps,
+    write_scene,
+)
 from .identity import (
     ACCESSORIES,
     EYES,
@@ -27,17 +38,6 @@ from .identity import (
 )
 from .palette import COLOURS, LIGHTING_NAMES, LIGHTINGS, Lighting
 from .prompts import VOCABULARY, describe, prompt_words, scene_prompt
-from .scenes import (
-    Placement,
-    Scene,
-    SceneImage,
-    composite,
-    generate_dataset,
-    generate_scene,
-    overlap_share,
-    visible_overlaps,
-    write_scene,
-)
 from .sprite import ARM_POSES, EXPRESSIONS, Pose, named_pose, render_layer, render_sprite, sample_pose
 
 __all__ = [
@@ -54,13 +54,13 @@ __all__ = [
     "SHAPES",
     "UNIVERSE",
     "VOCABULARY",
+    "GeneratedImage",
+    "GeneratedScene",
     "Identity",
     "Layout",
     "Lighting",
     "Placement",
     "Pose",
-    "Scene",
-    "SceneImage",
     "classify",
     "classify_background",
     "classify_lighting",

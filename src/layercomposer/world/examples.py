@@ -18,7 +18,7 @@ import numpy as np
 
 from ..canvas import Canvas, Layer, LayerImage
 from ..data.canvas_sampling import SamplingConfig, alpha_box, place_unlocked
-from .scenes import generate_dataset
+from .generator import generate_dataset
 
 EXAMPLE_SEED = 7
 """Seed of the held-out scenes the examples come from (the evaluation uses other seeds)."""

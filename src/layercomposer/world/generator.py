@@ -1,4 +1,6 @@
-"""Scenes: several images of the same characters, re-posed and re-lit, with exact per-character layers.
+"""The scene generator: several images of the same characters, re-posed and re-lit, with exact per-character
+layers, made in memory (`GeneratedScene`, `GeneratedImage`) and written in the training scene format that
+`layercomposer.data.scenes` (`Scene`, `SceneImage`) reads.
 
 Every picture is, byte for byte, ``Image.alpha_composite`` of its opaque background layer and its full-frame
 character layers (back to front), converted to RGB: the composite is how the picture is made.
@@ -59,8 +61,8 @@ class Placement:
 
 
 @dataclass
-class SceneImage:
-    """One image of a scene: the picture, its layers and what was used to make it."""
+class GeneratedImage:
+    """One image of a generated scene, in memory: the picture, its layers and what was used to make it."""
 
     picture: Image.Image
     background: Image.Image
@@ -74,8 +76,9 @@ class SceneImage:
 
 
 @dataclass
-class Scene:
-    """A scene in memory: 2-4 images of the same 1-4 (on request up to 6) characters in one place."""
+class GeneratedScene:
+    """A generated scene in memory (written by `write_scene`; read back as a `data.scenes.Scene`): 2-4 images
+    of the same 1-4 (on request up to 6) characters in one place."""
 
     scene_id: str
     index: int
@@ -84,7 +87,7 @@ class Scene:
     size: int
     background: str
     identities: list[Identity]
-    images: list[SceneImage]
+    images: list[GeneratedImage]
     layout: Layout = field(repr=False)
     width: int | None = None
     """Picture width in px when it differs from `size` (the height); None: square pictures."""
@@ -252,7 +255,7 @@ def _place_all(
 
 def generate_scene(scene_index: int, seed: int = 0, size: int = 256, split: str = "train",
                    pose_spread: float = 1.0, heights: tuple[float, float] | None = None,
-                   characters: int | None = None, width: int | None = None) -> Scene:
+                   characters: int | None = None, width: int | None = None) -> GeneratedScene:
     """Generate one scene in memory, deterministically from (seed, scene_index, split) at `size` px.
 
     `pose_spread` < 1 gives each character one pose per scene that every picture varies by that share
@@ -291,7 +294,7 @@ def generate_scene(scene_index: int, seed: int = 0, size: int = 256, split: str 
         placements = _place_all(rng, identities, bases, layout.horizon, base_poses, pose_spread, frame[0] / size)
         images.append(_render_image(identities, placements, layout, background, lighting_name, side, shift, frame))
     scene_id = f"{split}-s{seed}-{scene_index:06d}"
-    return Scene(scene_id, scene_index, seed, split, size, background, identities, images, layout, width)
+    return GeneratedScene(scene_id, scene_index, seed, split, size, background, identities, images, layout, width)
 
 
 def _render_image(
@@ -303,7 +306,7 @@ def _render_image(
     side: float,
     shift: float,
     frame: tuple[int, int],
-) -> SceneImage:
+) -> GeneratedImage:
     """Render the background and every character layer of one (width, height) `frame`, then composite them."""
     lighting = get_lighting(lighting_name)
     w, h = frame
@@ -318,7 +321,7 @@ def _render_image(
         idt for _, idt in sorted(zip([p.centre[0] for p in placements], identities, strict=True), key=lambda t: t[0])
     ]
     prompt = scene_prompt(left_to_right, background, lighting_name)
-    return SceneImage(
+    return GeneratedImage(
         picture, bg, layers, order, prompt, lighting_name, side, shift, {p.subject: p for p in placements}
     )
 
@@ -331,7 +334,7 @@ def composite(background: Image.Image, layers: list[Image.Image]) -> Image.Image
     return out.convert("RGB")
 
 
-def visible_overlaps(image: SceneImage, min_share: float = 0.03, min_pixels: int = 8) -> list[tuple[str, str]]:
+def visible_overlaps(image: GeneratedImage, min_share: float = 0.03, min_pixels: int = 8) -> list[tuple[str, str]]:
     """Pairs of characters whose masks (alpha >= 128) share `min_share` of the smaller one and `min_pixels`."""
     # `min_pixels` is meant at 256 px and scales with the image area, so the test means the same at any size.
     masks = {s: np.asarray(layer.getchannel("A")) >= 128 for s, layer in image.layers.items()}
@@ -347,7 +350,7 @@ def visible_overlaps(image: SceneImage, min_share: float = 0.03, min_pixels: int
     return pairs
 
 
-def overlap_share(scenes: list[Scene]) -> float:
+def overlap_share(scenes: list[GeneratedScene]) -> float:
     """Share of images with at least two characters in which two of them visibly overlap."""
     multi = [im for sc in scenes for im in sc.images if len(im.layers) >= 2]
     if not multi:
@@ -359,7 +362,7 @@ def _save_png(im: Image.Image, path: Path) -> None:
     im.save(path, format="PNG", compress_level=6)
 
 
-def write_scene(scene: Scene, out_dir: str | os.PathLike[str]) -> Path:
+def write_scene(scene: GeneratedScene, out_dir: str | os.PathLike[str]) -> Path:
     """Write `scene` under `out_dir/<scene_id>/` (replacing an older copy) and return that folder."""
     # Files go to a temporary sibling folder first (scene.json last) which is then renamed into place, so a
     # crash never leaves a scene.json that points at missing files.
