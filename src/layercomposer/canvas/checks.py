@@ -118,7 +118,6 @@ def _check_number(value: Any, where: str, bound: float | None = None) -> None:
         raise CanvasError(f"{where}: {value} is beyond the limit of {bound:g}")
 
 
-
 # ----------------------------------------------------------------------------------------------------------
 # Reading files
 

@@ -145,7 +145,6 @@ def _meta(data: dict[str, Any], where: str) -> dict[str, Any]:
     return meta
 
 
-
 # ----------------------------------------------------------------------------------------------------------
 # Loading
 
@@ -305,7 +304,6 @@ def _parse_json(text: str, where: str) -> Any:
         raise CanvasError(f"{where}: JSON nested too deeply") from None
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
         raise CanvasError(f"{where}: not valid JSON ({exc})") from None
-
 
 
 # ----------------------------------------------------------------------------------------------------------
