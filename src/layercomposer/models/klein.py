@@ -44,7 +44,7 @@ from ..errors import ModelError
 from ..flow import FlowSchedule, time_shift
 from .attention import PaddedBatchAttnProcessor, apply_rope
 from .lowmem import LoadOptions, load_transformer
-from .text import TextEmbeddings
+from .text import TextEmbeddings, WrappedTextModel
 
 KLEIN_PIPELINES = ("Flux2KleinPipeline",)
 """diffusers pipeline folders loaded as FLUX.2 [klein]."""
@@ -244,7 +244,7 @@ _PADDED_PROCESSORS = (PaddedFlux2AttnProcessor, PaddedParallelSelfAttnProcessor)
 # Text, schedule, folder
 
 
-class KleinTextEncoder:
+class KleinTextEncoder(WrappedTextModel):
     """FLUX.2 [klein]'s text conditioning: Qwen3 hidden states of three layers, side by side, per token."""
 
     kind = "klein"
@@ -266,14 +266,6 @@ class KleinTextEncoder:
         # FLUX.2 has no pooled vector; `denoise` passes one along and the transformer ignores it.
         return TextEmbeddings(sequence=sequence, pooled=torch.zeros((sequence.shape[0], 1), dtype=sequence.dtype,
                                                                     device=sequence.device))
-
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> KleinTextEncoder:
-        self.model.to(device=device, dtype=dtype)
-        return self
-
-    def save_pretrained(self, root: Path) -> None:
-        self.model.save_pretrained(root / "text_encoder", safe_serialization=True)
-        self.tokenizer.save_pretrained(root / "tokenizer")
 
     @classmethod
     def from_pretrained(cls, root: Path, dtype: torch.dtype = torch.float32) -> KleinTextEncoder:

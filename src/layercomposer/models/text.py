@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, Self
 
 import torch
 
@@ -66,7 +66,23 @@ def build_word_tokenizer(vocabulary: Iterable[str], max_length: int):  # -> PreT
     )
 
 
-class ClipTextEncoder:
+class WrappedTextModel:
+    """What every text encoder that wraps one transformers model and its tokenizer shares: moving the model,
+    and saving both as a pipeline folder's `text_encoder/` and `tokenizer/`."""
+
+    model: Any
+    tokenizer: Any
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Self:
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    def save_pretrained(self, root: Path) -> None:
+        self.model.save_pretrained(root / "text_encoder", safe_serialization=True)
+        self.tokenizer.save_pretrained(root / "tokenizer")
+
+
+class ClipTextEncoder(WrappedTextModel):
     """A transformers ``CLIPTextModel`` and its tokenizer: last hidden state + pooled (EOS) output."""
 
     kind = "clip"
@@ -96,14 +112,6 @@ class ClipTextEncoder:
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> TextEmbeddings:
         return self.embed(self.model, self.tokenize(prompts).to(self.model.device))
-
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ClipTextEncoder:
-        self.model.to(device=device, dtype=dtype)
-        return self
-
-    def save_pretrained(self, root: Path) -> None:
-        self.model.save_pretrained(root / "text_encoder", safe_serialization=True)
-        self.tokenizer.save_pretrained(root / "tokenizer")
 
     @classmethod
     def from_pretrained(cls, root: Path, dtype: torch.dtype = torch.float32) -> ClipTextEncoder:
