@@ -60,8 +60,15 @@ def test_train_step_benchmark_prints_a_table(tmp_path):
     rows = [line for line in report.read_text().splitlines() if line.startswith("| eager") or
             line.startswith("| bf16")]
     assert len(rows) == 2
-    eager = rows[0].split("|")
+    eager, bf16 = (row.split("|") for row in rows)
     assert float(eager[2]) > 0 and eager[3].strip() == "1.00x"
+    # the speed-up column is eager's s/step over the setting's, recomputed here from the table's own figures
+    # (the table rounds s/step to 0.01, so the ratio is checked against the range the rounding allows)
+    e, b, ratio = float(eager[2]), float(bf16[2]), float(bf16[3].strip().rstrip("x"))
+    assert (e - 0.005) / (b + 0.005) - 0.005 <= ratio <= (e + 0.005) / (b - 0.005) + 0.005
+    # each setting's line lists its logged intervals; the steady median is taken after --skip
+    intervals = [line for line in run.stdout.splitlines() if "per logged interval" in line]
+    assert len(intervals) == 2 and all(len(line.split(":")[-1].split()) == 3 for line in intervals)
 
 
 def _report(top1: list[bool], engine: str = "layered") -> dict:
