@@ -63,3 +63,14 @@ def console(*args):
 
 def pixels(path):
     return np.asarray(Image.open(path).convert("RGB"), int)
+
+
+@pytest.fixture
+def fresh_accelerate():
+    """accelerate keeps one process-wide state (mixed precision included): start from none, and leave none, so
+    trainings in this process with other settings (a bf16 one, say) do not meet."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -80,6 +80,25 @@ def images(tmp_path):
     return paths
 
 
+def open_editor(browser, server: str, *, new_project: bool = True, files: list[str] | str | None = None,
+                errors: list[str] | None = None, viewport: tuple[int, int] = (1400, 900), **options):
+    """A page on the editor, loaded; optionally a new project and `files` added through the file picker.
+
+    Page errors go to `errors` when it is given, so that a test can assert there were none."""
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]}, **options)
+    if errors is not None:
+        page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server + "/")
+    page.wait_for_function("window.layercomposer !== undefined")
+    if new_project:
+        page.locator("#new-project").click()
+    if files:
+        count = 1 if isinstance(files, str) else len(files)
+        page.set_input_files("#add-image", files)
+        page.wait_for_function(f"window.layercomposer.state.canvas.layers.length === {count}")
+    return page
+
+
 def doc(page) -> dict:
     return json.loads(page.evaluate("JSON.stringify(window.layercomposer.state.document())"))
 
@@ -97,15 +116,9 @@ def canvas_to_screen(page, x: float, y: float) -> tuple[float, float]:
 
 
 def test_compose_lock_reorder_generate_save_and_reload(server, browser, images, tmp_path):
-    page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
     errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server + "/")
-    page.wait_for_function("window.layercomposer !== undefined")
-
     # 1. Two image layers, added through the file picker.
-    page.set_input_files("#add-image", images)
-    page.wait_for_function("window.layercomposer.state.canvas.layers.length === 2")
+    page = open_editor(browser, server, new_project=False, files=images, errors=errors, accept_downloads=True)
     page.wait_for_function("[...document.querySelectorAll('#layer-list img')].every(i => i.complete)")
     page.wait_for_function("document.getElementById('token-budget').textContent.includes('kept')")
     red, blue = doc(page)["layers"]
@@ -208,12 +221,7 @@ def _zoom(page) -> float:
 
 
 def test_arrow_keys_undo_and_bad_upload(server, browser, images):
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
-    page.goto(server + "/")
-    page.wait_for_function("window.layercomposer !== undefined")
-    page.locator("#new-project").click()
-    page.set_input_files("#add-image", images[:1])
-    page.wait_for_function("window.layercomposer.state.canvas.layers.length === 1")
+    page = open_editor(browser, server, files=images[:1])
     x0 = doc(page)["layers"][0]["x"]
     page.locator("#canvas").focus()
     page.keyboard.press("ArrowRight")
@@ -231,12 +239,7 @@ def test_arrow_keys_undo_and_bad_upload(server, browser, images):
 
 
 def test_screenshot_is_a_real_render(server, browser, images, tmp_path):
-    page = browser.new_page(viewport={"width": 1200, "height": 800})
-    page.goto(server + "/")
-    page.wait_for_function("window.layercomposer !== undefined")
-    page.locator("#new-project").click()
-    page.set_input_files("#add-image", images[:1])
-    page.wait_for_function("window.layercomposer.state.canvas.layers.length === 1")
+    page = open_editor(browser, server, files=images[:1], viewport=(1200, 800))
     red = doc(page)["layers"][0]
     page.wait_for_function("(({state, view}) => view.size(state.canvas.layers[0]) !== null)(window.layercomposer)")
     shot = Image.open(io.BytesIO(page.locator("#canvas").screenshot()))
@@ -272,14 +275,8 @@ def canvas_pixel(page, x: float, y: float) -> list[int]:
 
 
 def test_cut_out_a_photo_then_undo_and_cut_out_a_box(server, browser, astronaut_file, images):
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
     errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server + "/")
-    page.wait_for_function("window.layercomposer !== undefined")
-    page.locator("#new-project").click()
-    page.set_input_files("#add-image", astronaut_file)
-    page.wait_for_function("window.layercomposer.state.canvas.layers.length === 1")
+    page = open_editor(browser, server, files=astronaut_file, errors=errors)
     page.wait_for_function("(({state, view}) => view.size(state.canvas.layers[0]) !== null)(window.layercomposer)")
     entered = doc(page)["layers"][0]
     assert entered["scale"] == pytest.approx(entry_height(page) * 256 / 512, abs=1e-3)  # an opaque photo: all visible
@@ -491,9 +488,7 @@ def test_reload_shows_the_newest_result_and_a_long_seed_whole(server, browser):
             time.sleep(0.05)
         with urllib.request.urlopen(server + "/api/jobs") as answer:
             done = [j for j in json.loads(answer.read()) if j["status"] == "done"]
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
-    page.goto(server + "/")
-    page.wait_for_function("window.layercomposer !== undefined")
+    page = open_editor(browser, server, new_project=False)
     page.reload()
     page.wait_for_function("!document.getElementById('result').hidden", timeout=10_000)
     assert page.locator("#result").get_attribute("data-job") == done[0]["id"]
@@ -530,12 +525,7 @@ def test_api_docs_render_offline(server, browser):
 
 
 def test_token_budget_warns_above_the_servers_limit(server, browser, images):
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
-    page.goto(server + "/")
-    page.wait_for_function("window.layercomposer !== undefined")
-    page.locator("#new-project").click()
-    page.set_input_files("#add-image", images[:1])
-    page.wait_for_function("window.layercomposer.state.canvas.layers.length === 1")
+    page = open_editor(browser, server, files=images[:1])
     page.wait_for_function("document.getElementById('token-budget').textContent.includes('kept')")
     assert "above this server's limit" not in page.locator("#token-budget").text_content()
     # The inputs take the API's limits (layercomposer.settings), not limits of their own.
@@ -567,12 +557,8 @@ def _visible_box(server: str, layer: dict) -> tuple[float, float, float, float]:
 
 
 def test_sprites_enter_at_the_trained_size_at_free_spots_and_odd_sizes_are_flagged(server, browser):
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
     errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server + "/")
-    page.wait_for_function("window.layercomposer !== undefined")
-    page.locator("#new-project").click()
+    page = open_editor(browser, server, errors=errors)
     page.wait_for_function("document.querySelectorAll('#library button').length >= 4")
     fraction = entry_height(page)
     assert 0.17 <= fraction <= 0.45

@@ -215,17 +215,6 @@ def test_refine_passes_layers_within_klein_limit(klein_dir, canvas_file):
     assert isinstance(seen["image"], Image.Image)  # without the flag: the collage alone
 
 
-@pytest.fixture
-def fresh_accelerate():
-    """accelerate keeps one process-wide state (mixed precision included): start from none, and leave none, so
-    trainings in this process with other settings (here bf16) do not meet."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 def test_train_a_layered_lora_on_klein(klein_dir, canvas_file, tmp_path, fresh_accelerate):
     from diffusers import Flux2KleinPipeline
     from safetensors.torch import load_file

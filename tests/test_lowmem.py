@@ -213,17 +213,6 @@ def test_serve_loads_its_model_with_the_flags(kontext_dir, gguf_file, tmp_path, 
     assert cli_module.cmd_serve(plain) == 0 and seen["loader"] is None  # no flags: the server's own loader
 
 
-@pytest.fixture
-def fresh_accelerate():
-    """accelerate keeps one process-wide state (mixed precision included): start from none, and leave none, so
-    trainings in this process with other settings (here bf16) do not meet."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 def test_train_a_lora_on_an_int8_base(kontext_dir, tmp_path, fresh_accelerate):
     """A quantized frozen base with a bf16 LoRA (the known trainers' memory path): it trains, checkpoints, resumes,
     and its LoRA file is diffusers' (it loads into the float32 base through --lora)."""

@@ -367,38 +367,10 @@ def test_benchmark_canvas_puts_the_identity_on_the_priors_face(astronaut):
 def test_cli_photos_canvases(tmp_path, astronaut, cameraman):
     astronaut.save(tmp_path / "prior.png")
     cameraman.save(tmp_path / "cam.png")
-    out = run(
-        "photos",
-        "canvases",
-        "--prior",
-        "prior.png",
-        "--identity",
-        "cam.png",
-        "--prompt",
-        "a photographer",
-        "-o",
-        "bench/canvas.json",
-        "--collage",
-        "collage.png",
-        cwd=tmp_path,
-    )
+    command = ["photos", "canvases", "--prior", "prior.png", "--identity", "cam.png", "--prompt", "a photographer"]
+    out = run(*command, "-o", "bench/canvas.json", "--collage", "collage.png", cwd=tmp_path)
     assert out.returncode == 2 and "folder bench does not exist" in out.stderr and out.stderr.count("\n") == 1
-    out = run(
-        "photos",
-        "canvases",
-        "--prior",
-        "prior.png",
-        "--identity",
-        "cam.png",
-        "--prompt",
-        "a photographer",
-        "-o",
-        "canvas.json",
-        "--collage",
-        "collage.png",
-        "--with-prior",
-        cwd=tmp_path,
-    )
+    out = run(*command, "-o", "canvas.json", "--collage", "collage.png", "--with-prior", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     from layercomposer.canvas import load_canvas
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 
 class LayerComposerError(Exception):
     """An error caused by the user's input or environment; its message is one line meant for people."""
@@ -17,3 +21,13 @@ class CanvasError(LayerComposerError):
 
 class ModelError(LayerComposerError):
     """A model name or directory cannot be resolved or loaded."""
+
+
+def read_json_file(path: Path, error: type[LayerComposerError] = LayerComposerError) -> Any:
+    """The JSON document in `path`, or `error` with one line: the file is missing, unreadable or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None

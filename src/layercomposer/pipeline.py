@@ -475,22 +475,10 @@ class LayerComposerPipeline:
                                 mode=mode, plan=cond.plan, seconds=seconds, hard_locked=hard_locked,
                                 strength=float(strength))
 
-    def __call__(
-        self,
-        canvas: Canvas,
-        prompt: str | None = None,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        seed: int = 0,
-        mode: Mode = "layered",
-        callback: StepCallback | None = None,
-        hard_lock: bool = False,
-        strength: float = 1.0,
-        check: Callable[[], None] | None = None,
-    ) -> Image.Image:
-        """Render `canvas` and return the picture (see `generate` for the details)."""
-        return self.generate(canvas, prompt, num_inference_steps, guidance_scale, seed, mode, callback,
-                             hard_lock, strength, check).image
+    def __call__(self, canvas: Canvas, prompt: str | None = None, **settings: Any) -> Image.Image:
+        """Render `canvas` and return the picture: `generate(canvas, prompt, **settings).image`, with the
+        same keyword settings (`num_inference_steps`, `guidance_scale`, `seed`, `mode`, `strength`, ...)."""
+        return self.generate(canvas, prompt, **settings).image
 
     def preview(self, tokens: torch.Tensor, grid: tuple[int, int]) -> Image.Image:
         """Decode intermediate latents (e.g. a StepEvent's `denoised`) for a progress preview."""

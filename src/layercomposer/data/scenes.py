@@ -16,7 +16,6 @@ sprites world, the photo scene builder and hand-made data all load through this 
 
 from __future__ import annotations
 
-import json
 import posixpath
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -25,7 +24,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..errors import LayerComposerError
+from ..errors import LayerComposerError, read_json_file
 from ..imageio import decode_image
 
 BACKGROUND = "background"
@@ -109,12 +108,7 @@ def load_scene(root: str | Path, size: int | None = None) -> Scene:
     root = Path(root)
     path = root / "scene.json"
     where = str(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SceneError(f"{where}: missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SceneError(f"{where}: not valid JSON ({exc})") from None
+    doc = read_json_file(path, SceneError)
     if not isinstance(doc, dict):
         raise SceneError(f"{where}: the top level must be an object")
     subjects = doc.get("subjects")

@@ -176,17 +176,31 @@ def make_layered(transformer: Any) -> Any:
     return transformer
 
 
-class PaddedFlux2AttnProcessor:
-    """FLUX.2's double-stream attention with per-sample rotary positions and a key padding mask (the FLUX.2
-    version of `attention.PaddedBatchAttnProcessor`), through diffusers' attention dispatcher."""
+class _PaddedAttention:
+    """What both FLUX.2 block types share: per-sample rotary positions, then diffusers' attention dispatcher
+    with a key mask (the backend and parallel config are the ones diffusers' own processors carry)."""
 
     _attention_backend = None
     _parallel_config = None
 
+    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rope: Any,
+                attention_mask: torch.Tensor | None) -> torch.Tensor:
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+        if rope is not None:
+            query, key = apply_rope(query, *rope), apply_rope(key, *rope)
+        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, backend=self._attention_backend,
+                                    parallel_config=self._parallel_config)
+        return out.flatten(2, 3).to(query.dtype)
+
+
+class PaddedFlux2AttnProcessor(_PaddedAttention):
+    """FLUX.2's double-stream attention with per-sample rotary positions and a key padding mask (the FLUX.2
+    version of `attention.PaddedBatchAttnProcessor`), through diffusers' attention dispatcher."""
+
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, image_rotary_emb: Any = None,
                  sample_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> Any:
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
         from diffusers.models.transformers.transformer_flux2 import _get_qkv_projections
 
         query, key, value, e_query, e_key, e_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
@@ -200,11 +214,7 @@ class PaddedFlux2AttnProcessor:
             key = torch.cat([attn.norm_added_k(e_key.unflatten(-1, heads)), key], dim=1)
             value = torch.cat([e_value.unflatten(-1, heads), value], dim=1)
         rope = sample_rotary_emb if sample_rotary_emb is not None else image_rotary_emb
-        if rope is not None:
-            query, key = apply_rope(query, *rope), apply_rope(key, *rope)
-        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, backend=self._attention_backend,
-                                    parallel_config=self._parallel_config)
-        out = out.flatten(2, 3).to(query.dtype)
+        out = self._attend(query, key, value, rope, attention_mask)
         if joint:
             text_len = encoder_hidden_states.shape[1]
             e_out, out = out[:, :text_len], out[:, text_len:]
@@ -212,28 +222,19 @@ class PaddedFlux2AttnProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-class PaddedParallelSelfAttnProcessor:
+class PaddedParallelSelfAttnProcessor(_PaddedAttention):
     """FLUX.2's single-stream (parallel attention + MLP) block with per-sample rotary positions and a key mask."""
-
-    _attention_backend = None
-    _parallel_config = None
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  image_rotary_emb: Any = None,
                  sample_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
-
         hidden_states = attn.to_qkv_mlp_proj(hidden_states)
         qkv_dim = 3 * attn.inner_dim
         qkv, mlp = torch.split(hidden_states, [qkv_dim, hidden_states.shape[-1] - qkv_dim], dim=-1)
         query, key, value = (x.unflatten(-1, (-1, attn.head_dim)) for x in qkv.chunk(3, dim=-1))
         query, key = attn.norm_q(query), attn.norm_k(key)
         rope = sample_rotary_emb if sample_rotary_emb is not None else image_rotary_emb
-        if rope is not None:
-            query, key = apply_rope(query, *rope), apply_rope(key, *rope)
-        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, backend=self._attention_backend,
-                                    parallel_config=self._parallel_config)
-        out = out.flatten(2, 3).to(query.dtype)
+        out = self._attend(query, key, value, rope, attention_mask)
         return attn.to_out(torch.cat([out, attn.mlp_act_fn(mlp)], dim=-1))
 
 

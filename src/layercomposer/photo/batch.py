@@ -18,14 +18,13 @@ others go on.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import LayerComposerError
+from ..errors import LayerComposerError, read_json_file
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 ITEM_FIELDS = {"name", "prompt", "identities", "prior", "seed", "with_prior"}
@@ -63,12 +62,7 @@ class BatchReport:
 def load_batch_spec(path: str | Path) -> BatchSpec:
     """Parse and check a spec; a one-line error naming the file and the field otherwise."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LayerComposerError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LayerComposerError(f"{path}: not a JSON spec ({exc})") from None
+    data = read_json_file(path)
     if not isinstance(data, dict) or not isinstance(data.get("items"), list) or not data["items"]:
         raise LayerComposerError(f"{path}: items: must be a non-empty list")
     unknown = set(data) - {"items", "width", "height"}

@@ -112,14 +112,17 @@ def _pine(x: float, base: float, height: float, leaf: RGB, snow: RGB | None = No
     return out
 
 
+def _hills_and_ground(rng: np.random.Generator, hz: float, tallest: float, hill: RGB, ground: RGB) -> list[Prim]:
+    """Two or three low hills on the horizon, then the ground below it (meadow and snow)."""
+    hills = [_ellipse(_u(rng, -0.1, 1.1), hz + 0.03, _u(rng, 0.25, 0.45), _u(rng, 0.07, tallest), hill)
+             for _ in range(int(rng.integers(2, 4)))]
+    return [*hills, _rect(-0.3, hz, 1.3, 1.01, ground)]
+
+
 def _meadow(rng: np.random.Generator) -> Layout:
     hz = _u(rng, 0.5, 0.6)
     lay = Layout("meadow", hz, clouds=_clouds(rng, hz))
-    for _ in range(int(rng.integers(2, 4))):
-        lay.prims.append(
-            _ellipse(_u(rng, -0.1, 1.1), hz + 0.03, _u(rng, 0.25, 0.45), _u(rng, 0.07, 0.13), (132, 198, 100))
-        )
-    lay.prims.append(_rect(-0.3, hz, 1.3, 1.01, (98, 178, 76)))
+    lay.prims += _hills_and_ground(rng, hz, 0.13, (132, 198, 100), (98, 178, 76))
     for _ in range(int(rng.integers(1, 4))):
         lay.prims += _round_tree(_u(rng, -0.05, 1.05), hz + _u(rng, 0.0, 0.04), _u(rng, 0.07, 0.11), (54, 142, 62))
     for _ in range(int(rng.integers(8, 15))):
@@ -213,11 +216,7 @@ def _forest(rng: np.random.Generator) -> Layout:
 def _snow(rng: np.random.Generator) -> Layout:
     hz = _u(rng, 0.5, 0.6)
     lay = Layout("snow", hz, clouds=_clouds(rng, hz))
-    for _ in range(int(rng.integers(2, 4))):
-        lay.prims.append(
-            _ellipse(_u(rng, -0.1, 1.1), hz + 0.03, _u(rng, 0.25, 0.45), _u(rng, 0.07, 0.14), (220, 230, 244))
-        )
-    lay.prims.append(_rect(-0.3, hz, 1.3, 1.01, (240, 245, 252)))
+    lay.prims += _hills_and_ground(rng, hz, 0.14, (220, 230, 244), (240, 245, 252))
     for _ in range(int(rng.integers(2, 6))):
         lay.prims += _pine(
             _u(rng, -0.1, 1.1), hz + _u(rng, 0.0, 0.04), _u(rng, 0.14, 0.26), (48, 108, 82), (248, 250, 255)
