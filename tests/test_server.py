@@ -45,6 +45,16 @@ def wait_done(client: TestClient, job_id: str, timeout: float = 60) -> dict:
     raise AssertionError("job did not finish")
 
 
+def ready_health(client: TestClient) -> dict:
+    """/api/health once the model has loaded in the background (or after 5 s, whatever it says then)."""
+    for _ in range(100):
+        health = client.get("/api/health").json()
+        if health["model_ready"]:
+            break
+        time.sleep(0.05)
+    return health
+
+
 def canvas_doc(image_id: str, **over) -> dict:
     doc = {"version": 1, "width": 64, "height": 64, "prompt": "a red sprite",
            "layers": [{"name": "a", "image": image_id, "x": 16, "y": 16, "locked": True}]}
@@ -68,11 +78,7 @@ def upload(client: TestClient, data: bytes | None = None, name: str = "a.png") -
 
 
 def test_health_and_page(client):
-    for _ in range(100):
-        health = client.get("/api/health").json()
-        if health["model_ready"]:
-            break
-        time.sleep(0.05)
+    health = ready_health(client)
     assert health["status"] == "ok" and health["model"] == "tiny-random" and health["model_ready"]
     page = client.get("/")
     assert page.status_code == 200 and '<canvas id="canvas"' in page.text
@@ -118,18 +124,10 @@ def test_trained_sizes_round_trip_and_reach_the_health_answer(tmp_path, pipe):
         assert [256, 256] in json.loads((resolve_model(name) / "model_index.json").read_text())["trained_sizes"]
 
     with make_client(tmp_path, loaded) as c:
-        for _ in range(100):
-            health = c.get("/api/health").json()
-            if health["model_ready"]:
-                break
-            time.sleep(0.05)
+        health = ready_health(c)
         assert health["model_ready"] and health["trained_sizes"] == [[256, 256], [384, 256]]
     with make_client(tmp_path, pipe) as c:
-        for _ in range(100):
-            health = c.get("/api/health").json()
-            if health["model_ready"]:
-                break
-            time.sleep(0.05)
+        health = ready_health(c)
         assert health["model_ready"] and health["trained_sizes"] is None
 
 
