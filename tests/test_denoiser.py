@@ -126,8 +126,8 @@ def test_padded_processor_equals_diffusers_flux_processor_without_padding(pipe, 
 
 
 def test_attention_mass_processor_computes_the_same_attention_and_weights_that_sum_to_one(pipe, scenes):
+    from layercomposer.conditioning import subject_cells
     from layercomposer.eval.attention import AttentionMassProcessor, attention_mass
-    from layercomposer.training.batch import subject_cells
 
     sample = mixed_samples(scenes, 1)[0]
     cond = pipe.condition(sample.canvas)

@@ -85,3 +85,60 @@ def test_the_package_version_is_one_value():
     project = tomllib.loads((SRC.parent.parent / "pyproject.toml").read_text())
     assert "version" in project["project"]["dynamic"]
     assert project["tool"]["setuptools"]["dynamic"]["version"]["attr"] == "layercomposer._version.__version__"
+
+
+# The layers, lowest first (DESIGN.md, "Where each part lives"): a module may import its own package and any
+# lower rank, never a higher or an equal one. Every import counts, those inside functions too.
+RANK = {
+    "_version": 0, "errors": 0, "settings": 1, "imageio": 1, "flow": 1, "sampler": 2,
+    "canvas": 2, "data": 3, "conditioning": 3, "world": 4,
+    "models": 5, "modelcheck": 6,
+    "pipeline": 7, "photo": 8, "refine": 8,
+    "training": 9, "eval": 9,
+    "server": 10, "cli": 11,  # `layercomposer serve` starts the server
+    "__init__": 12, "__main__": 12,
+}
+
+
+def _imports(text: str, where: Path) -> list[tuple[str, int]]:
+    """The top-level layercomposer modules that the source `text` of the module at `where` (under src/) imports,
+    relatively or absolutely, at any depth, with their line numbers."""
+    package = list(where.relative_to(SRC).with_suffix("").parts)[:-1]
+    found = []
+    for node in ast.walk(ast.parse(text, str(where))):
+        if isinstance(node, ast.Import):
+            names = [a.name.split(".")[1:] for a in node.names if a.name.startswith("layercomposer.")]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            if node.module is None or not (node.module + ".").startswith("layercomposer."):
+                continue
+            names = [node.module.split(".")[1:] or [a.name] for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1]
+            names = [base + node.module.split(".")] if node.module else [[*base, a.name] for a in node.names]
+        else:
+            continue
+        found += [(name[0], node.lineno) for name in names if name]
+    return found
+
+
+def test_every_import_runs_down_the_layers():
+    wrong, unplaced = [], set()
+    for path in sorted(SRC.rglob("*.py")):
+        mine = path.relative_to(SRC).with_suffix("").parts[0]
+        for theirs, line in _imports(path.read_text(), path):
+            if mine == theirs:
+                continue
+            if mine not in RANK or theirs not in RANK:
+                unplaced |= {m for m in (mine, theirs) if m not in RANK}
+            elif RANK[theirs] >= RANK[mine]:
+                wrong.append(f"{path.relative_to(SRC)}:{line}: {mine} imports {theirs}")
+    assert not unplaced, f"give these modules a rank: {sorted(unplaced)}"
+    assert not wrong
+
+
+def test_the_layer_check_sees_a_wrong_arrow():
+    """The check above reads relative, absolute and lazy imports: planted upward imports are caught."""
+    text = ("import numpy\nfrom . import model\n\n\ndef f():\n    from ..pipeline import LayerComposerPipeline\n"
+            "    import layercomposer.server.app\n    from layercomposer import cli\n")
+    found = _imports(text, SRC / "canvas" / "files.py")
+    assert found == [("canvas", 2), ("pipeline", 6), ("server", 7), ("cli", 8)]

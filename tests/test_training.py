@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from layercomposer.canvas import Layer, LayerImage
-from layercomposer.conditioning import TokenRules
+from layercomposer.conditioning import TokenRules, subject_cells
 from layercomposer.data.canvas_sampling import (
     SamplingConfig,
     alpha_box,
@@ -23,7 +23,7 @@ from layercomposer.data.canvas_sampling import (
 from layercomposer.data.scenes import SceneError, SceneSet, load_scene
 from layercomposer.errors import LayerComposerError
 from layercomposer.models.attention import use_stock_attention
-from layercomposer.training.batch import SampleEncoder, collate, flow_loss, guidance_vector, subject_cells
+from layercomposer.training.batch import SampleEncoder, collate, flow_loss, guidance_vector
 from layercomposer.world import generate_dataset
 
 

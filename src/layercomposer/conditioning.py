@@ -115,6 +115,31 @@ def composite_on_fill(rgba: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
+
+def picture_pixels(image: Image.Image) -> torch.Tensor:
+    """RGB picture -> (1, 3, H, W) float32 VAE input in [-1, 1] (a target, or a picture to encode whole)."""
+    import torch
+
+    return torch.from_numpy(np.asarray(image.convert("RGB"), np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+
+
+def pixels_picture(pixels: torch.Tensor) -> Image.Image:
+    """(3, H, W) VAE output in [-1, 1] -> RGB picture (clamped and rounded): `picture_pixels`' inverse."""
+    import torch
+
+    arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+
+
+def subject_cells(alpha: np.ndarray, grid: tuple[int, int], cell: int = TOKEN_PX) -> torch.Tensor:
+    """(rows * cols,) bool, row-major like the packed tokens: cells of the (H, W) alpha (cropped to the grid)
+    with at least one pixel of alpha >= 128, i.e. every cell a subject covers, its edges included."""
+    import torch
+
+    rows, cols = grid
+    covered = np.asarray(alpha)[:rows * cell, :cols * cell] >= 128
+    return torch.from_numpy(covered.reshape(rows, cell, cols, cell).any(axis=(1, 3)).reshape(-1).copy())
+
 # ----------------------------------------------------------------------------------------------------------
 # Planning (no torch)
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from einops import rearrange
 from PIL import Image
@@ -26,6 +25,7 @@ from .conditioning import (
     TokenPlan,
     TokenRules,
     grid_ids,
+    pixels_picture,
 )
 from .errors import LayerComposerError, ModelError
 from .flow import FlowSchedule, add_noise
@@ -349,8 +349,7 @@ class LayerComposerPipeline:
         latents = unpack_latents(tokens, *grid)
         latents = latents / vae.config.scaling_factor + vae.config.shift_factor
         pixels = decode_latents(vae, latents.to(next(vae.parameters()).dtype), check)[0]
-        arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+        return pixels_picture(pixels)
 
     def encode_prompt(self, prompt: str) -> TextEmbeddings:
         """Prompt embeddings, cached by text (the editor regenerates with the same prompt)."""
@@ -523,8 +522,7 @@ class KleinComposerPipeline(LayerComposerPipeline):
         mean, std = self._latent_stats()
         tokens = tokens.to(mean.device, torch.float32) * std.float() + mean.float()
         pixels = decode_latents(vae, unpack_latents(tokens, *grid).to(vae_dtype), check)[0]
-        arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+        return pixels_picture(pixels)
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         raise ModelError("a FLUX.2 [klein] pipeline is saved as its diffusers folder and a LoRA, not as ours")

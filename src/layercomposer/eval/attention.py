@@ -48,7 +48,7 @@ def attention_mass(pipe, canvas, target, cells: dict[str, np.ndarray], times: tu
     """For each unlocked layer named in `cells` ((N,) bool: the noisy tokens where the target shows it), the
     mean attention weight of those tokens on: its own layer's tokens (`own`), other unlocked layers
     (`other_unlocked`), locked tokens (`locked`), the noisy tokens (`noisy`) and the text (`text`)."""
-    from ..training.batch import picture_pixels
+    from ..conditioning import picture_pixels
 
     cond = pipe.condition(canvas, "layered")
     rows, cols = canvas.grid

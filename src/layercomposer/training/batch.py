@@ -11,12 +11,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from ..conditioning import ConditioningBuilder, Mode, TokenRules, grid_ids
+from ..conditioning import ConditioningBuilder, Mode, TokenRules, grid_ids, picture_pixels, subject_cells
 from ..data.canvas_sampling import TrainingSample
 from ..flow import add_noise, velocity_target
 from ..models.denoiser import denoise, unwrap
@@ -141,23 +139,10 @@ class SampleEncoder:
         return out
 
 
-def subject_cells(alpha: np.ndarray, grid: tuple[int, int], cell: int = 16) -> torch.Tensor:
-    """(rows * cols,) bool, row-major like the packed tokens: cells of the (H, W) alpha (cropped to the grid)
-    with at least one pixel of alpha >= 128, i.e. every cell a subject covers, its edges included."""
-    rows, cols = grid
-    covered = np.asarray(alpha)[:rows * cell, :cols * cell] >= 128
-    return torch.from_numpy(covered.reshape(rows, cell, cols, cell).any(axis=(1, 3)).reshape(-1).copy())
-
-
 def target_pixels(sample: TrainingSample) -> torch.Tensor:
     """(1, 3, h, w) pixels of the target, cropped to the canvas's generation size."""
     w, h = sample.canvas.generation_size
     return picture_pixels(sample.target.crop((0, 0, w, h)))
-
-
-def picture_pixels(image: Image.Image) -> torch.Tensor:
-    """RGB picture -> (1, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.asarray(image.convert("RGB"), np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
 
 
 def collate(samples: list[EncodedSample]) -> Batch:

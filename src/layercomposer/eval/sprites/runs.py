@@ -46,7 +46,7 @@ def vae_reconstruction(pipe: LayerComposerPipeline, image: Image.Image) -> Image
     """T through the model's VAE and back: the ceiling of any latent model on these pixels."""
     import torch
 
-    from ...training.batch import picture_pixels
+    from ...conditioning import picture_pixels
 
     with torch.no_grad():
         tokens = pipe._encode_pixels(picture_pixels(image))
@@ -166,7 +166,7 @@ def evaluate_case(case: SpriteCase, pipe: LayerComposerPipeline, collage_pipe: L
 
         record["identity"] = identity_regions(case, pics, identifier, layered.plan, seed=EVAL_SEED)
         if ablations and record["identity"]:
-            from ...training.batch import subject_cells
+            from ...conditioning import subject_cells
             from ..attention import attention_mass
 
             cells = {r["name"]: subject_cells(case.visible[r["name"]].astype(np.uint8) * 255, sample.canvas.grid)
