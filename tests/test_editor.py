@@ -6,10 +6,12 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -441,7 +443,6 @@ def test_a_page_on_another_origin_stores_nothing(browser, tmp_path):
         page.wait_for_function("window.done === true", timeout=20_000)
         time.sleep(1.5)  # the form posts land in their iframes
         page.close()
-        import urllib.request
 
         with urllib.request.urlopen(editor + "/api/jobs") as answer:  # no Origin: as curl or the CLI
             assert json.loads(answer.read()) == []
@@ -471,7 +472,6 @@ def test_a_page_on_another_origin_stores_nothing(browser, tmp_path):
 
 
 def test_reload_shows_the_newest_result_and_a_long_seed_whole(server, browser):
-    import urllib.request
 
     with urllib.request.urlopen(server + "/api/jobs") as answer:
         done = [j for j in json.loads(answer.read()) if j["status"] == "done"]
@@ -528,12 +528,16 @@ def test_token_budget_warns_above_the_servers_limit(server, browser, images):
     page = open_editor(browser, server, files=images[:1])
     page.wait_for_function("document.getElementById('token-budget').textContent.includes('kept')")
     assert "above this server's limit" not in page.locator("#token-budget").text_content()
-    # The inputs take the API's limits (layercomposer.settings), not limits of their own.
-    # (the prompt has no length limit of its own in the page: 2000 can only come from /api/health)
-    page.wait_for_function("document.getElementById('prompt').maxLength === 2000")
-    assert page.locator("#steps").get_attribute("max") == "1000"
-    assert page.locator("#steps").get_attribute("min") == "1"
-    assert page.locator("#guidance").get_attribute("max") == "30"
+    # The inputs take the API's limits (layercomposer.settings), and the page has none of its own.
+    from layercomposer.settings import GUIDANCE, PROMPT_CHARS, SEED, STEPS
+
+    page.wait_for_function(f"document.getElementById('prompt').maxLength === {PROMPT_CHARS}")
+    for name, limit in (("steps", STEPS), ("guidance", GUIDANCE), ("seed", SEED)):
+        low, high = (float(page.locator(f"#{name}").get_attribute(k)) for k in ("min", "max"))
+        assert (low, high) == (limit.low, limit.high), name
+    with urllib.request.urlopen(server + "/") as answer:
+        html = answer.read().decode()
+    assert re.search(r'id="steps"[^>]*\bmax=', html) is None and 'maxlength="2000"' not in html
     page.evaluate("window.layercomposer.state.setSize(4096, 4096)")  # 65536 noisy tokens, limit 16384
     page.wait_for_function("document.getElementById('token-budget').textContent.includes('limit of 16384')")
     assert "error" in (page.locator("#token-budget").get_attribute("class") or "")
@@ -547,7 +551,6 @@ def test_token_budget_warns_above_the_servers_limit(server, browser, images):
 
 def _visible_box(server: str, layer: dict) -> tuple[float, float, float, float]:
     """Canvas bounds of an unrotated layer's visible pixels (its image's alpha bounding box, from the server)."""
-    import urllib.request
 
     with urllib.request.urlopen(f"{server}/api/images/{layer['image']}") as answer:
         x0, y0, x1, y1 = Image.open(io.BytesIO(answer.read())).getchannel("A").getbbox()

@@ -310,7 +310,8 @@ function readSettings() {
   } else {
     s.seed = Math.max(0, Math.floor(Number($("seed").value) || 0));
   }
-  s.steps = Math.max(limits.steps.min, Math.min(limits.steps.max, Math.floor(Number($("steps").value) || 28)));
+  s.steps = Math.floor(Number($("steps").value) || 28);
+  if (limits) s.steps = Math.max(limits.steps.min, Math.min(limits.steps.max, s.steps));
   const g = $("guidance").value.trim();
   s.guidance = g === "" ? null : Number(g);
   s.mode = $("mode").value;
@@ -610,10 +611,9 @@ async function loadLibrary() {
 }
 
 let maxTokens = null; // the server's --max-tokens: a bigger canvas is refused on Generate
-// The generation settings' limits; the server's own (/api/health `limits`, layercomposer/settings.py) replace
-// these as soon as it answers, so the inputs never offer what the API would refuse.
-let limits = { steps: { min: 1, max: 1000 }, guidance: { min: 0, max: 30 }, seed: { min: 0, max: 2 ** 32 - 1 },
-  prompt_chars: 2000 };
+// The generation settings' limits come from the server alone (/api/health `limits`, layercomposer/settings.py),
+// so the inputs never offer what the API would refuse; until it answers, the API's own 422 says it.
+let limits = null;
 
 function applyLimits(l) {
   if (!l || !l.steps) return;
