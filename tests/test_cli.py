@@ -217,3 +217,17 @@ def test_design_tokens_example_is_true():
     stats = json.loads(run("tokens", str(ROOT / "examples" / "four-sprites.json"), "--json").stdout)
     assert stats["total"] == 296 and stats["unpruned_total"] == 5 * 256 and stats["collage_total"] == 256
     assert [layer["index"] for layer in stats["layers"]] == [0, 0, 1, 0, 2]
+
+
+def test_scenes_build_defaults_are_the_builders_own():
+    """`scenes build`'s flags repeat BuildOptions' defaults in the parser (the CLI does not import the photo code
+    to start); they must stay the same numbers."""
+    from dataclasses import fields
+
+    from layercomposer.cli import build_parser
+    from layercomposer.photo.scene_builder import BuildOptions
+
+    args = vars(build_parser().parse_args(["scenes", "build", "photos", "-o", "out"]))
+    shared = [f.name for f in fields(BuildOptions) if f.name in args]
+    assert len(shared) >= 6, shared
+    assert {name: args[name] for name in shared} == {name: getattr(BuildOptions(), name) for name in shared}
