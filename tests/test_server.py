@@ -342,6 +342,13 @@ def test_library_serves_held_out_sprites_only(client):
     sprite = client.get(items[0]["url"])
     assert sprite.status_code == 200 and Image.open(io.BytesIO(sprite.content)).mode == "RGBA"
     assert client.get("/api/library/c00000.png").status_code == 404  # a training identity
+    # A held-out identity beyond the listed library is refused too: the render cache holds the 24 at most.
+    from layercomposer.world import heldout_indices, identity_id
+
+    beyond = identity_id(heldout_indices()[24])
+    assert beyond not in {item["id"] for item in items}
+    assert client.get(f"/api/library/{beyond}.png").status_code == 404
+    assert len(client.app.state.services.library.cache) == 1
 
 
 def test_refine_mode_jobs(tmp_path, pipe):

@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import io
-import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request, UploadFile
@@ -133,27 +133,32 @@ class Cutouts:
 
 
 class Library:
-    """Sprites of held-out identities (never seen in training), rendered once each."""
+    """The first `LIBRARY_SIZE` held-out identities (never seen in training), each rendered once when first asked
+    for: the cache holds at most `LIBRARY_SIZE` small PNGs."""
 
     def __init__(self) -> None:
         self.cache: dict[str, bytes] = {}
 
-    def entries(self) -> list[dict[str, Any]]:
-        from ..world import describe, heldout_indices, identity_from_index, identity_id
+    @cached_property
+    def indices(self) -> dict[str, int]:
+        from ..world import heldout_indices, identity_id
 
-        return [{"id": identity_id(i), "description": describe(identity_from_index(i)),
-                 "url": f"/api/library/{identity_id(i)}.png"} for i in heldout_indices()[:LIBRARY_SIZE]]
+        return {identity_id(i): i for i in heldout_indices()[:LIBRARY_SIZE]}
+
+    def entries(self) -> list[dict[str, Any]]:
+        from ..world import describe, identity_from_index
+
+        return [{"id": sprite, "description": describe(identity_from_index(i)), "url": f"/api/library/{sprite}.png"}
+                for sprite, i in self.indices.items()]
 
     def sprite_png(self, sprite: str) -> bytes:
-        from ..world import index_from_id, is_held_out, render_sprite
+        from ..world import identity_from_index, render_sprite
 
-        if not re.fullmatch(r"c\d{5}", sprite, flags=re.ASCII) or not is_held_out(index_from_id(sprite)):
-            raise ApiError(404, f"no library sprite {sprite!r}")
+        if sprite not in self.indices:
+            raise ApiError(404, f"no library sprite {sprite[:40]!r}")
         if sprite not in self.cache:
-            from ..world import identity_from_index
-
             buf = io.BytesIO()
-            render_sprite(identity_from_index(index_from_id(sprite)), size=96).save(buf, format="PNG")
+            render_sprite(identity_from_index(self.indices[sprite]), size=96).save(buf, format="PNG")
             self.cache[sprite] = buf.getvalue()
         return self.cache[sprite]
 
