@@ -58,6 +58,10 @@ SEED = Limit("seed", 0, 2**32 - 1, integer=True)
 """Noise seed."""
 PROMPT_CHARS = 2000
 """Longest prompt or instruction, in characters."""
+DEFAULT_MAX_TOKENS = 16384
+"""Most tokens (noisy + condition) a picture may have unless `--max-tokens` says otherwise (`generate`, `refine`,
+`serve`): about 1024x1024 px with a few layers. The largest canvas, 4096x4096, is 65536 noisy tokens alone,
+hours per picture on a CPU."""
 
 LIMITS = {limit.name: limit for limit in (STEPS, GUIDANCE, STRENGTH, SEED)}
 

@@ -16,8 +16,8 @@ from typing import NoReturn
 
 from .._version import __version__
 from ..errors import LayerComposerError
+from ..settings import DEFAULT_MAX_TOKENS
 from .common import (
-    DEFAULT_MAX_TOKENS,
     EXIT_BAD_INPUT,
     REGISTERED_MODELS,
     check_model_name,

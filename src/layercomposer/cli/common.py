@@ -17,10 +17,6 @@ from ..errors import LayerComposerError
 EXIT_BAD_INPUT = 2
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
-
-DEFAULT_MAX_TOKENS = 16384
-"""`generate --max-tokens`, `refine --max-tokens` and the editor's default (the server's `DEFAULT_MAX_TOKENS`)."""
-
 REGISTERED_MODELS = ("tiny-random", "demo-base")
 """The names of `models.registry.REGISTRY`, known here without importing it (it imports torch); a test keeps
 the two in step."""

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LayerComposerError
-from ..settings import GUIDANCE, SEED, STEPS, STRENGTH
+from ..settings import DEFAULT_MAX_TOKENS, GUIDANCE, SEED, STEPS, STRENGTH
 from .common import (
-    DEFAULT_MAX_TOKENS,
     add_memory_arguments,
     check_model_name,
     check_output,

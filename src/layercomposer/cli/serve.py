@@ -46,7 +46,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         check_model_name(args.refine_model)
     import uvicorn
 
-    from ..server.app import DEFAULT_MAX_TOKENS, ServerSettings, create_app, uvicorn_config
+    from ..server.app import ServerSettings, create_app, uvicorn_config
+    from ..settings import DEFAULT_MAX_TOKENS
 
     if not 1 <= args.port <= 65535:
         raise LayerComposerError(f"--port: must be 1..65535, got {args.port}")

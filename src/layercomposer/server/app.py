@@ -25,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 
 from .._version import __version__
 from ..errors import LayerComposerError
+from ..settings import DEFAULT_MAX_TOKENS
 from .guard import Guard
 from .jobs import JobManager
 from .memory import ReleaseFreedMemory
@@ -37,9 +38,6 @@ from .store import DEFAULT_CACHE_BYTES, ImageStore
 
 __all__ = ["DEFAULT_MAX_TOKENS", "STATIC", "ServerSettings", "_refine_backend", "create_app", "uvicorn_config"]
 
-DEFAULT_MAX_TOKENS = 16384
-"""Most tokens (noisy + condition) a job may have: about 1024x1024 px with a few layers. The documented
-largest canvas, 4096x4096, is 65536 noisy tokens alone, hours per picture on a CPU."""
 
 
 @dataclass
