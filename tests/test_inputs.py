@@ -89,6 +89,28 @@ def test_deep_nesting_is_a_canvas_error(tmp_path):
         load_canvas(tmp_path / "d.json")
 
 
+def test_scene_and_batch_files_that_are_not_json_get_one_line(tmp_path):
+    """scene.json and a photo batch spec read through the same JSON reader as canvases: deep nesting, a huge
+    integer, bad UTF-8 or a missing file is a one-line error of the right kind, never a traceback."""
+    from layercomposer.data.scenes import SceneError, load_scene
+    from layercomposer.errors import LayerComposerError
+    from layercomposer.photo.batch import load_batch_spec
+
+    cases = {"deep": ("[" * 5000 + "]" * 5000, "nested too deeply"), "digits": ("9" * 5000, "not valid JSON"),
+             "utf8": (b"\xff\xfe{", "cannot read"), "broken": ('{"subjects": [', "not valid JSON \\(")}
+    for name, (text, message) in cases.items():
+        (tmp_path / name).mkdir()
+        target = tmp_path / name / "scene.json"
+        target.write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(SceneError, match=message) as scene_error:
+            load_scene(tmp_path / name)
+        with pytest.raises(LayerComposerError, match=message) as batch_error:
+            load_batch_spec(target)
+        assert "\n" not in str(scene_error.value) and "\n" not in str(batch_error.value)
+    with pytest.raises(SceneError, match=r"scene\.json: no such file"):
+        load_scene(tmp_path / "nowhere")
+
+
 def bundle_text(text: str) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:

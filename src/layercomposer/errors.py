@@ -23,11 +23,24 @@ class ModelError(LayerComposerError):
     """A model name or directory cannot be resolved or loaded."""
 
 
+def parse_json(text: str, where: str, error: type[LayerComposerError] = LayerComposerError) -> Any:
+    """The JSON document in `text`, or `error` with one line naming `where`."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise error(f"{where}: JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise error(f"{where}: not valid JSON ({exc})") from None
+
+
 def read_json_file(path: Path, error: type[LayerComposerError] = LayerComposerError) -> Any:
     """The JSON document in `path`, or `error` with one line: the file is missing, unreadable or not JSON."""
     try:
-        return json.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise error(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise error(f"{path}: not valid JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read ({exc})") from None
+    return parse_json(text, str(path), error)

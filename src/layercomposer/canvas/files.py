@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import CanvasError
+from ..errors import CanvasError, parse_json
 from ..imageio import (
     HEADER_BYTES,
     check_encoded_size,
@@ -165,7 +165,7 @@ def load_canvas(path: str | os.PathLike[str]) -> Canvas:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise CanvasError(f"{path}: not a canvas (neither UTF-8 JSON nor an .lcz bundle)") from None
-    data = _parse_json(text, str(path))
+    data = parse_json(text, str(path), CanvasError)
     base = path.parent
 
     def resolve(ref: str, where: str) -> LayerImage:
@@ -215,7 +215,7 @@ def _load_bundle(data: bytes, where: str) -> Canvas:
         budget = [MAX_BUNDLE_INFLATED_BYTES]
         text = _read_member(zf, members["canvas.json"], MAX_CANVAS_JSON_BYTES, f"{where}: canvas.json", budget)
         try:
-            doc = _parse_json(text.decode("utf-8"), f"{where}: canvas.json")
+            doc = parse_json(text.decode("utf-8"), f"{where}: canvas.json", CanvasError)
         except UnicodeDecodeError:
             raise CanvasError(f"{where}: canvas.json: not UTF-8 text") from None
         images: dict[str, LayerImage] = {}
@@ -293,17 +293,6 @@ def _read_limited(fh: Any, limit: int, where: str, budget: list[int] | None, exa
         raise CanvasError(f"{where}: larger than the {limit >> 20} MiB limit" if limit >= 1 << 20
                           else f"{where}: larger than {limit} bytes")
     return b"".join(chunks)
-
-
-def _parse_json(text: str, where: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CanvasError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-    except RecursionError:
-        raise CanvasError(f"{where}: JSON nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        raise CanvasError(f"{where}: not valid JSON ({exc})") from None
 
 
 # ----------------------------------------------------------------------------------------------------------
